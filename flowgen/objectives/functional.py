@@ -1,0 +1,85 @@
+r"""Pure objective functions: no model, no randomness of their own.
+
+.. math::
+    \ell_i = w(t_i)\; m\big(\hat p_i − p(\text{data}_i, \text{noise}_i, t_i)\big)
+
+where ``p`` is the target of the chosen prediction (see :mod:`flowgen.parameterization`),
+``w`` a weighting and ``m`` a per-sample metric (mean squared error by default).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from .._validation import check_batch, check_same_shape, check_time, coefficient_dtype, expand_like
+from ..parameterization import Prediction, _from_data_noise
+from ..paths.base import Path
+from .metrics import get_metric
+from .weighting import UniformWeight, Weighting, get_weighting
+
+__all__ = ["prediction_loss", "prediction_target"]
+
+
+def prediction_target(*, data: Tensor, noise: Tensor, t: Tensor, path: Path, prediction) -> Tensor:
+    """The regression target of ``prediction`` for given data, noise and times. ``(B, *D)``."""
+    prediction = Prediction.parse(prediction)
+    _check_inputs(data, noise, t, path)
+    return _target(data, noise, t, path, prediction)
+
+
+def _check_inputs(data, noise, t, path):
+    if not isinstance(path, Path):
+        raise TypeError(f"path must be a flowgen Path, got {type(path).__name__}")
+    check_batch(data, "data")
+    check_batch(noise, "noise")
+    check_same_shape(data, noise, "data", "noise")
+    check_time(t, "t", batch=data.shape[0])
+
+
+def _target(data, noise, t, path, prediction):
+    t = t.to(coefficient_dtype(t, data))
+    coefs = (expand_like(c, data) for c in (path._alpha(t), path._sigma(t), path._d_alpha(t), path._d_sigma(t)))
+    return _from_data_noise(data, noise, prediction, *coefs).to(data.dtype)
+
+
+def prediction_loss(
+    pred: Tensor,
+    *,
+    data: Tensor,
+    noise: Tensor,
+    t: Tensor,
+    path: Path,
+    prediction,
+    weighting: Weighting | str | None = None,
+    metric="l2",
+) -> Tensor:
+    """Per-sample loss of a model output against the target of its prediction type.
+
+    Args:
+        pred: ``(B, *D)`` model output, of kind ``prediction``.
+        data: ``(B, *D)`` clean samples.
+        noise: ``(B, *D)`` the noise that made ``x_t = α(t)·data + σ(t)·noise``.
+        t: ``(B,)`` times in ``[0, 1]``.
+        path: the probability path.
+        prediction: :class:`~flowgen.Prediction` (or its string value).
+        weighting: :class:`~flowgen.objectives.Weighting` or name; uniform by default.
+        metric: ``"l2"`` (mean squared error), ``"pseudo_huber"`` or a callable ``(B, *D) → (B,)``.
+
+    Returns:
+        ``(B,)`` per-sample losses (float32, or float64 for float64 input).
+
+    Raises:
+        ValueError/TypeError: naming the argument for wrong shapes, dtypes or ``t`` out of range.
+    """
+    prediction = Prediction.parse(prediction)
+    _check_inputs(data, noise, t, path)
+    check_batch(pred, "pred")
+    check_same_shape(pred, data, "pred", "data")
+    return _loss(pred, data, noise, t, path, prediction, get_weighting(weighting or UniformWeight()), get_metric(metric))
+
+
+def _loss(pred, data, noise, t, path, prediction, weighting, metric):
+    target = _target(data, noise, t, path, prediction)
+    dtype = coefficient_dtype(t, data)
+    per_sample = metric((pred - target).to(dtype))
+    return weighting(path, t.to(dtype), prediction) * per_sample

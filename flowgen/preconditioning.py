@@ -1,0 +1,104 @@
+r"""Input/output preconditioning (c_skip, c_out, c_in) for any path.
+
+Both preconditionings work in the variance-exploding frame of the path,
+``x̃ = x_t/α``, ``σ̃ = σ/α`` (so ``x̃ = data + σ̃·noise``), where EDM's formulas hold.
+
+EDM (Karras et al. 2022, Table 1), output a data prediction:
+
+.. math::
+    D(x_t, t) = c_{skip} x̃ + c_{out} F(c_{in} x̃, t),\quad
+    c_{skip} = \frac{σ_d^2}{σ̃^2 + σ_d^2},\; c_{out} = \frac{σ̃ σ_d}{\sqrt{σ̃^2+σ_d^2}},\;
+    c_{in} = \frac{1}{\sqrt{σ̃^2+σ_d^2}}.
+
+Consistency models (Song et al. 2023, Appendix C) need the boundary condition
+``f(x, t_min) = x`` exactly, in ``x_t`` units:
+
+.. math::
+    f(x_t, t) = c_{skip} x_t + c_{out} F(c_{in} x̃, t),\quad
+    c_{skip} = \frac{σ_d^2}{(σ̃ − σ̃_{min})^2 + σ_d^2},\;
+    c_{out} = \frac{σ_d (σ̃ − σ̃_{min})}{\sqrt{σ̃^2 + σ_d^2}}.
+
+At ``t = t_min`` the difference ``σ̃ − σ̃_min`` is exactly zero, so ``c_skip = 1`` and
+``c_out = 0`` in floating point, whatever the network returns (if finite).
+
+References:
+    Karras et al. 2022, arXiv:2206.00364, Table 1; Song et al. 2023, arXiv:2303.01469, eq. (7) and Appendix C.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ._validation import coefficient_dtype, expand_like
+from .paths.base import Path
+
+__all__ = ["edm_coefficients", "consistency_coefficients", "EDMPreconditioned", "BoundaryConditioned"]
+
+
+def _ve_sigma(path: Path, t: Tensor) -> Tensor:
+    t = t.to(coefficient_dtype(t))
+    return path._sigma(t) / path._alpha(t)
+
+
+def edm_coefficients(path: Path, t: Tensor, *, sigma_data: float = 0.5) -> tuple[Tensor, Tensor, Tensor]:
+    """EDM's ``(c_skip, c_out, c_in)`` at ``t`` ``(B,)`` in the path's VE frame; each ``(B,)``. ``c_in`` acts on ``x_t/α``."""
+    s = _ve_sigma(path, t)
+    norm = torch.sqrt(s * s + sigma_data**2)
+    return sigma_data**2 / (s * s + sigma_data**2), s * sigma_data / norm, 1.0 / norm
+
+
+def consistency_coefficients(path: Path, t: Tensor, *, t_min: float, sigma_data: float = 0.5) -> tuple[Tensor, Tensor, Tensor]:
+    """Boundary-condition ``(c_skip, c_out, c_in)``: ``c_skip(t_min) = 1``, ``c_out(t_min) = 0`` exactly. Each ``(B,)``."""
+    s = _ve_sigma(path, t)
+    s_min = _ve_sigma(path, torch.full_like(t, t_min))
+    d = s - s_min
+    return sigma_data**2 / (d * d + sigma_data**2), sigma_data * d / torch.sqrt(s * s + sigma_data**2), 1.0 / torch.sqrt(s * s + sigma_data**2)
+
+
+def _call(net: nn.Module, x: Tensor, t: Tensor, cond):
+    return net(x, t) if cond is None else net(x, t, cond)
+
+
+class EDMPreconditioned(nn.Module):
+    """Wrap a raw network ``F(x, t[, cond])`` into EDM's denoiser; the wrapper predicts ``DATA``.
+
+    Args:
+        net: raw network, called with the scaled input and the unchanged ``t``.
+        path: the path the model is trained on.
+        sigma_data: data standard deviation σ_d.
+    """
+
+    def __init__(self, net: nn.Module, path: Path, sigma_data: float = 0.5):
+        super().__init__()
+        self.net, self.path, self.sigma_data = net, path, float(sigma_data)
+
+    def forward(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
+        c_skip, c_out, c_in = edm_coefficients(self.path, t, sigma_data=self.sigma_data)
+        alpha = self.path._alpha(t.to(coefficient_dtype(t)))
+        x_ve = x_t / expand_like(alpha, x_t).to(x_t.dtype)
+        out = _call(self.net, (expand_like(c_in, x_t) * x_ve).to(x_t.dtype), t, cond)
+        return (expand_like(c_skip, x_t) * x_ve + expand_like(c_out, x_t) * out).to(x_t.dtype)
+
+
+class BoundaryConditioned(nn.Module):
+    """Consistency function ``f(x_t, t) = c_skip x_t + c_out F(c_in x_t/α, t)`` with ``f(x, t_min) = x`` exactly.
+
+    Args:
+        net: raw network ``F(x, t[, cond])``.
+        path: the path.
+        t_min: the boundary time (usually ``path.t_min``).
+        sigma_data: data standard deviation σ_d.
+    """
+
+    def __init__(self, net: nn.Module, path: Path, *, t_min: float | None = None, sigma_data: float = 0.5):
+        super().__init__()
+        self.net, self.path, self.sigma_data = net, path, float(sigma_data)
+        self.t_min = float(path.t_min if t_min is None else t_min)
+
+    def forward(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
+        c_skip, c_out, c_in = consistency_coefficients(self.path, t, t_min=self.t_min, sigma_data=self.sigma_data)
+        alpha = self.path._alpha(t.to(coefficient_dtype(t)))
+        scaled = (expand_like(c_in / alpha, x_t) * x_t).to(x_t.dtype)
+        out = _call(self.net, scaled, t, cond)
+        return (expand_like(c_skip, x_t) * x_t + expand_like(c_out, x_t) * out).to(x_t.dtype)
