@@ -9,6 +9,7 @@ where ``p`` is the target of the chosen prediction (see :mod:`flowgen.parameteri
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .._validation import check_batch, check_same_shape, check_time, coefficient_dtype, expand_like
@@ -36,9 +37,14 @@ def _check_inputs(data, noise, t, path):
     check_time(t, "t", batch=data.shape[0])
 
 
-def _target(data, noise, t, path, prediction):
+def _coefficients(path, t, like):
+    """``(α, σ, α', σ')`` at ``t``, each broadcast against ``like`` ``(B, *D)``."""
+    return tuple(expand_like(c, like) for c in (path._alpha(t), path._sigma(t), path._d_alpha(t), path._d_sigma(t)))
+
+
+def _target(data, noise, t, path, prediction, coefs=None):
     t = t.to(coefficient_dtype(t, data))
-    coefs = (expand_like(c, data) for c in (path._alpha(t), path._sigma(t), path._d_alpha(t), path._d_sigma(t)))
+    coefs = _coefficients(path, t, data) if coefs is None else coefs
     return _from_data_noise(data, noise, prediction, *coefs).to(data.dtype)
 
 
@@ -78,8 +84,13 @@ def prediction_loss(
     return _loss(pred, data, noise, t, path, prediction, get_weighting(weighting or UniformWeight()), get_metric(metric))
 
 
-def _loss(pred, data, noise, t, path, prediction, weighting, metric):
-    target = _target(data, noise, t, path, prediction)
-    dtype = coefficient_dtype(t, data)
-    per_sample = metric((pred - target).to(dtype))
-    return weighting(path, t.to(dtype), prediction) * per_sample
+def _loss(pred, data, noise, t, path, prediction, weighting, metric, coefs=None):
+    """Per-sample weighted loss; ``coefs`` are the broadcast ``(α, σ, α', σ')`` when already computed."""
+    target = _target(data, noise, t, path, prediction, coefs)
+    diff = pred - target
+    if diff.dtype not in (torch.float32, torch.float64):
+        diff = diff.float()
+    per_sample = metric(diff)
+    if isinstance(weighting, UniformWeight):
+        return per_sample
+    return weighting(path, t.to(coefficient_dtype(t, data)), prediction) * per_sample

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._validation import check_batch, check_finite, expand_like
+from .._validation import check_batch, check_finite
 from ..parameterization import Prediction
 from ..paths.base import Path
 from .coupling import Coupling, IndependentCoupling, get_coupling
-from .functional import _loss
+from .functional import _coefficients, _loss
 from .metrics import get_metric
 from .time import TimeDistribution, UniformTime, get_time_distribution
 from .weighting import UniformWeight, Weighting, get_weighting
@@ -114,10 +114,10 @@ class Objective:
     def compute(self, model, data: Tensor, cond=None, *, generator: torch.Generator | None = None) -> ObjectiveOutput:
         """Evaluate the objective and return all intermediate tensors (see :class:`ObjectiveOutput`)."""
         t, noise = self.draw(data, generator)
-        a, s = self.path._alpha(t), self.path._sigma(t)
-        x_t = (expand_like(a, data) * data + expand_like(s, data) * noise).to(data.dtype)
+        coefs = _coefficients(self.path, t, data)
+        x_t = (coefs[0] * data + coefs[1] * noise).to(data.dtype)
         pred = call_model(model, x_t, t, cond)
-        per_sample = _loss(pred, data, noise, t, self.path, self.prediction, self.weighting, self.metric)
+        per_sample = _loss(pred, data, noise, t, self.path, self.prediction, self.weighting, self.metric, coefs)
         return ObjectiveOutput(loss=per_sample.mean(), per_sample=per_sample, t=t, noise=noise, x_t=x_t, pred=pred)
 
     def __call__(self, model, data: Tensor, cond=None, *, generator: torch.Generator | None = None) -> Tensor:

@@ -45,6 +45,8 @@ class RectifiedFlow(Path):
         return 1.0 - t
 
     def _sigma(self, t):
+        if self.sigma_min == 0.0:
+            return t
         return self.sigma_min + (1.0 - self.sigma_min) * t
 
     def _d_alpha(self, t):
