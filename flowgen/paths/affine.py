@@ -20,8 +20,10 @@ def _autograd_derivative(fn: Schedule, t: Tensor) -> Tensor:
     with torch.enable_grad():
         tt = t if keep_graph else t.detach().requires_grad_(True)
         y = fn(tt)
-        (grad,) = torch.autograd.grad(y.sum(), tt, create_graph=keep_graph)
-    return grad
+        if not y.requires_grad:  # a constant schedule (e.g. α = 1 built with ones_like) has no graph
+            return torch.zeros_like(t)
+        (grad,) = torch.autograd.grad(y.sum(), tt, create_graph=keep_graph, allow_unused=True)
+    return torch.zeros_like(t) if grad is None else grad
 
 
 class AffinePath(Path):
@@ -125,6 +127,11 @@ class AffinePath(Path):
                 "log-SNR 2*log(alpha/sigma) must be strictly decreasing in t; it does not decrease "
                 f"between t={float(tt[i]):.6g} and t={float(tt[i + 1]):.6g}"
             )
+
+    def __repr__(self) -> str:
+        parts = [f"alpha={self._alpha_fn!r}", f"sigma={self._sigma_fn!r}"]
+        parts += [f"{k}={v!r}" for k, v in (("d_alpha", self._d_alpha_fn), ("d_sigma", self._d_sigma_fn)) if v is not None]
+        return f"AffinePath({', '.join(parts)}, t_min={self.t_min}, t_max={self.t_max})"
 
     def _config(self):
         raise TypeError("AffinePath holds Python callables and cannot be saved as config; use a built-in path or subclass Path")

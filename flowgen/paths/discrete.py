@@ -82,6 +82,8 @@ class DiscreteDDPM(Path):
             raise ValueError(f"num_steps must be an integer >= 2, got {num_steps!r}")
         if not (0 < max_beta < 1):
             raise ValueError(f"max_beta must lie in (0, 1), got {max_beta!r}")
+        if not (isinstance(s, (int, float)) and math.isfinite(s) and s >= 0):
+            raise ValueError(f"s (the cosine offset) must be a finite number >= 0, got {s!r}")
 
         def abar(x: float) -> float:
             return math.cos((x + s) / (1 + s) * math.pi / 2) ** 2
@@ -97,8 +99,12 @@ class DiscreteDDPM(Path):
         return (timestep.to(dtype) + 1.0) / self.num_steps
 
     def t_to_timestep(self, t: Tensor) -> Tensor:
-        """Time to the (fractional) DDPM index ``t·T − 1``; exact integers on the grid. Shape ``(B,)``."""
-        return t * self.num_steps - 1.0
+        """Time to the (fractional) DDPM index ``t·T − 1``; exact integers on the grid. Shape ``(B,)``.
+
+        ``t·T`` within a few ulps of an integer is that integer, so
+        ``t_to_timestep(timestep_to_t(i)) == i`` exactly (``fl(fl(n/T)·T)`` alone can miss ``n``).
+        """
+        return _snap_to_integers(t * self.num_steps) - 1.0
 
     # --- path -------------------------------------------------------------------------
     def _knots_for(self, t: Tensor) -> Tensor:
@@ -109,7 +115,9 @@ class DiscreteDDPM(Path):
 
     def _segment(self, t: Tensor) -> tuple[Tensor, Tensor]:
         knots = self._knots_for(t)
-        u = t * self.num_steps
+        # snap t·T to a knot it is within a few ulps of, so that t = timestep_to_t(i) sits exactly on
+        # the knot and gets the documented right-sided slope (value unchanged, gradient dt·T kept)
+        u = _snap_to_integers(t * self.num_steps)
         k = torch.clamp(torch.floor(u), 0, self.num_steps - 1).long()
         left, right = knots[k], knots[k + 1]
         slope = right - left
@@ -148,6 +156,13 @@ class DiscreteDDPM(Path):
 
     def _config(self):
         return dict(self._cfg)
+
+
+def _snap_to_integers(u: Tensor) -> Tensor:
+    """``u`` with entries within 4 ulps of an integer replaced by that integer; the gradient passes unchanged."""
+    r = torch.round(u)
+    close = (u - r).abs() <= 4.0 * torch.finfo(u.dtype).eps * u.abs().clamp_min(1.0)
+    return u + torch.where(close, r - u, torch.zeros_like(u)).detach()
 
 
 def _check_table_args(num_steps, beta_start, beta_end):
