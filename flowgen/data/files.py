@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
+import secrets
 import zlib
 from pathlib import Path
 
@@ -52,7 +52,7 @@ def _as_tensor(value, path, what: str) -> Tensor:
             raise _refuse(path, f"{what} has dtype {value.dtype}; expected a floating-point or integer array")
         if value.dtype == np.uint16 or value.dtype == np.uint32 or value.dtype == np.uint64:
             value = value.astype(np.int64)
-        return torch.from_numpy(np.ascontiguousarray(value))
+        return torch.from_numpy(value if value.flags.c_contiguous and value.flags.writeable else value.copy(order="C"))
     if isinstance(value, Tensor):
         return value
     raise _refuse(path, f"{what} is a {type(value).__name__}; expected a tensor or an array")
@@ -464,9 +464,9 @@ def write_png(path, image) -> None:
     )
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    tmp = dest.parent / f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "xb") as fh:  # honours the umask, unlike mkstemp's 0600
             fh.write(png)
         os.replace(tmp, dest)
     except BaseException:
