@@ -117,10 +117,10 @@ def _coefficients(path: Path, t: Tensor, like: Tensor):
     return tuple(expand_like(c, like) for c in (path._alpha(t), path._sigma(t), path._d_alpha(t), path._d_sigma(t)))
 
 
-def _check_pair(x: Tensor, x_name: str, x_t: Tensor, t: Tensor) -> None:
+def _check_pair(x: Tensor, x_name: str, x_t: Tensor, t: Tensor, x_t_name: str = "x_t") -> None:
     check_batch(x, x_name)
-    check_batch(x_t, "x_t")
-    check_same_shape(x, x_t, x_name, "x_t")
+    check_batch(x_t, x_t_name)
+    check_same_shape(x, x_t, x_name, x_t_name)
     check_time(t, "t", batch=x_t.shape[0])
 
 
@@ -148,7 +148,7 @@ def to_data_noise(pred: Tensor, *, src, x_t: Tensor, t: Tensor, path: Path) -> t
 def from_data_noise(*, data: Tensor, noise: Tensor, dst, t: Tensor, path: Path) -> Tensor:
     """The value of prediction ``dst`` for given ``data`` and ``noise`` at ``t``: a training target. ``(B, *D)``."""
     dst = Prediction.parse(dst, "dst")
-    _check_pair(data, "data", noise, t)
+    _check_pair(data, "data", noise, t, "noise")
     coefs = _coefficients(path, t, data)
     return _from_data_noise(data, noise, dst, *coefs).to(data.dtype)
 
