@@ -1,0 +1,492 @@
+"""The Lightning layer: a thin LightningModule around an injected network and flowgen objective.
+
+:class:`FlowModule` holds
+
+* ``model`` — any ``nn.Module`` with ``model(x_t, t[, cond])`` (e.g. :class:`flowgen.nn.MLP`);
+* ``objective`` — any :class:`flowgen.objectives.Objective`; the loss is always
+  ``objective.compute(model, data, cond)``, never re-derived here;
+* an EMA copy of the weights (ema-pytorch), used for validation sampling and saved as the
+  generator weights of the checkpoint;
+* the optimizer/scheduler (LightningCLI-style callables, or simple ``lr``/``weight_decay``).
+
+Per-step overhead is kept small: the training loss is accumulated on the device and logged as a
+window mean only on the steps where Lightning writes logs; the EMA is stepped without host syncs
+between its updates; non-finite losses are checked with one host read per step on the CPU and,
+on accelerators, recorded on the device and checked at log/checkpoint/validation time (the error
+still names the exact global step).
+
+Checkpoints carry, besides Lightning's optimizer/scheduler/loop state: the EMA, the RNG states
+(torch, CUDA, numpy, python; the data stream's generator is in the data module's state) and the
+``"flowgen"`` metadata of :mod:`flowgen.checkpoint` (path config, prediction, model class path and
+init args, data shape, version) so :func:`flowgen.checkpoint.load_generator` can sample from them
+without the YAML.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+
+from ..checkpoint import METADATA_KEY, capture_rng_state, make_metadata, module_spec, restore_rng_state, to_plain
+from ..objectives import Objective
+
+__all__ = ["FlowModule", "NonFiniteLossError", "OptimizerCallable", "LRSchedulerCallable"]
+
+OptimizerCallable = Callable[[Iterable], torch.optim.Optimizer]
+LRSchedulerCallable = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN/Inf; the message names the global step."""
+
+
+def _given_hparams() -> dict | None:
+    """The plain config LightningCLI is instantiating this module from, if any."""
+    try:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # pragma: no cover
+        return None
+    given = _given_hyperparameters.get()
+    return dict(given) if isinstance(given, dict) else None
+
+
+def _unpack(batch) -> tuple[Tensor, Tensor | None]:
+    if isinstance(batch, Tensor):
+        return batch, None
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], Tensor):
+        return batch[0], batch[1]
+    if isinstance(batch, (tuple, list)) and len(batch) == 1 and isinstance(batch[0], Tensor):
+        return batch[0], None
+    if isinstance(batch, dict) and "data" in batch:
+        return batch["data"], batch.get("cond")
+    raise TypeError(f"a batch must be a tensor, (data, labels) or {{'data': ..., 'cond': ...}}, got {type(batch).__name__}")
+
+
+class FlowModule(pl.LightningModule):
+    """Train any flowgen objective on any network, with EMA, sampling validation and safe checkpoints.
+
+    Args:
+        model: the network, ``model(x_t (B, *D), t (B,)[, cond (B,)]) → (B, *D)``.
+        objective: a :class:`~flowgen.objectives.Objective` (path × prediction × time × weighting × coupling).
+        optimizer: callable ``params → Optimizer`` (LightningCLI: ``class_path: torch.optim.AdamW``);
+            default Adam with ``lr``/``weight_decay`` (AdamW when ``weight_decay > 0``).
+        lr_scheduler: callable ``optimizer → LRScheduler``, stepped every optimizer step.
+        lr, weight_decay: used when ``optimizer`` is not given.
+        ema: keep an EMA of the weights (ema-pytorch) and sample/save with it.
+        ema_decay: the EMA's maximum decay β.
+        ema_warmup_steps: steps during which the EMA copies the weights (ema-pytorch ``update_after_step``).
+        ema_update_every: EMA update period in optimizer steps.
+        ema_power: warm-up power of ema-pytorch's decay schedule ``1 − (1 + step)^−power``.
+        sample_method, sample_steps: sampler used by validation and as the checkpoint's default
+            (a :func:`flowgen.samplers.sample` method name; ``steps=None`` for adaptive methods).
+        val_num_samples: samples drawn at each validation (at most the held-out set's size).
+        val_metrics: metric names (``"w2"``, ``"mmd"``, ``"fd"``, ``"coverage"``); default: ``["w2"]`` for
+            2-D data, ``[]`` otherwise (the digits classifier metrics cost a classifier training on first use).
+        val_seed: seed of validation noise and times (validation never touches the global RNG).
+        class_cond: pass the batch labels to the model as ``cond``.
+        cond_drop_prob: probability of replacing a label by the model's null class (classifier-free guidance).
+        guidance_scale: guidance used when sampling a class-conditional model at validation.
+        skip_nonfinite: skip (and count) batches whose loss is NaN/Inf instead of stopping with
+            :class:`NonFiniteLossError`.
+        model_spec: ``{"class_path", "init_args"}`` of ``model`` for the checkpoint metadata; taken
+            from the LightningCLI config when run by the CLI, else read back from the model's attributes.
+
+    References:
+        Lipman et al. 2022, arXiv:2210.02747; Ho et al. 2020, arXiv:2006.11239 (EMA of weights for sampling);
+        Karras et al. 2023, arXiv:2312.02696 (EMA profiles).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Objective,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        ema: bool = True,
+        ema_decay: float = 0.999,
+        ema_warmup_steps: int = 100,
+        ema_update_every: int = 1,
+        ema_power: float = 0.75,
+        sample_method: str = "euler",
+        sample_steps: int | None = 50,
+        val_num_samples: int = 1000,
+        val_metrics: list[str] | None = None,
+        val_seed: int = 0,
+        class_cond: bool = False,
+        cond_drop_prob: float = 0.0,
+        guidance_scale: float | None = None,
+        skip_nonfinite: bool = False,
+        model_spec: dict | None = None,
+    ):
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(objective, Objective):
+            raise TypeError(f"objective must be a flowgen Objective, got {type(objective).__name__}")
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+        if not (0.0 <= ema_decay < 1.0):
+            raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay!r}")
+        if not (0.0 <= cond_drop_prob <= 1.0):
+            raise ValueError(f"cond_drop_prob must lie in [0, 1], got {cond_drop_prob!r}")
+        for name, value in (("ema_update_every", ema_update_every), ("val_num_samples", val_num_samples)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if sample_steps is not None and (not isinstance(sample_steps, int) or sample_steps < 1):
+            raise ValueError(f"sample_steps must be a positive int or None, got {sample_steps!r}")
+        known = {"w2", "mmd", "fd", "coverage"}
+        if val_metrics is not None and not set(val_metrics) <= known:
+            raise ValueError(f"val_metrics has unknown names {sorted(set(val_metrics) - known)}; expected some of {sorted(known)}")
+
+        given = _given_hparams()
+        if given is not None:
+            self.save_hyperparameters(logger=True)
+            if model_spec is None and isinstance(given.get("model"), dict) and "class_path" in given["model"]:
+                model_spec = {"class_path": given["model"]["class_path"], "init_args": dict(given["model"].get("init_args") or {})}
+        else:
+            self.save_hyperparameters(ignore=["model", "objective", "optimizer", "lr_scheduler", "model_spec"])
+        if model_spec is None:
+            model_spec = module_spec(model)
+            if model_spec is None:
+                warnings.warn(
+                    f"cannot describe {type(model).__name__} by its class path and init args; the checkpoint will "
+                    f"need the model passed to flowgen.checkpoint.load_generator(model=...). Pass model_spec= to fix.",
+                    stacklevel=2,
+                )
+        self.model_spec = to_plain(model_spec) if model_spec is not None else None
+        self._objective_config = to_plain(given.get("objective")) if given and isinstance(given.get("objective"), dict) else None
+
+        self.model = model
+        self.objective = objective
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.lr, self.weight_decay = float(lr), float(weight_decay)
+        if ema:
+            from ema_pytorch import EMA
+
+            self.ema = EMA(model, beta=ema_decay, update_after_step=ema_warmup_steps, update_every=ema_update_every,
+                           power=ema_power, include_online_model=False)
+        else:
+            self.ema = None
+        self.sample_method, self.sample_steps = sample_method, sample_steps
+        self.val_num_samples, self.val_metrics, self.val_seed = val_num_samples, val_metrics, int(val_seed)
+        self.class_cond, self.cond_drop_prob, self.guidance_scale = bool(class_cond), float(cond_drop_prob), guidance_scale
+        self.skip_nonfinite = bool(skip_nonfinite)
+
+        self.data_shape: tuple[int, ...] | None = None
+        self.num_classes: int | None = getattr(model, "num_classes", None) if class_cond else None
+        self.skipped_nonfinite = 0
+        self.last_samples: Tensor | None = None
+        self.last_reference: Tensor | None = None
+        self.last_metrics: dict[str, float] = {}
+        self._pending_rng: dict | None = None
+        self._ema_host_step: int | None = None
+        self._loss_acc: Tensor | None = None
+        self._loss_n = 0
+        self._step_dev: Tensor | None = None
+        self._first_bad: Tensor | None = None
+        self._skipped_this_step = False
+        self._val_ref: list[Tensor] = []
+        self._val_labels: list[Tensor] = []
+        self._val_loss: list[Tensor] = []
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def path(self):
+        """The probability path of the objective."""
+        return self.objective.path
+
+    @property
+    def prediction(self):
+        """What the network predicts (:class:`~flowgen.Prediction`)."""
+        return self.objective.prediction
+
+    @property
+    def generator_model(self) -> nn.Module:
+        """The network to sample with: the EMA copy when EMA is on, else the trained network."""
+        return self.ema.ema_model if self.ema is not None else self.model
+
+    @property
+    def weights_prefix(self) -> str:
+        return "ema.ema_model." if self.ema is not None else "model."
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        return self.model(x_t, t) if cond is None else self.model(x_t, t, cond)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.optimizer_factory is not None:
+            opt = self.optimizer_factory(params)
+        elif self.weight_decay > 0:
+            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        else:
+            opt = torch.optim.Adam(params, lr=self.lr)
+        if self.lr_scheduler_factory is None:
+            return opt
+        sched = self.lr_scheduler_factory(opt)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    def _cond(self, labels: Tensor | None, generator=None) -> Tensor | None:
+        if not self.class_cond:
+            return None
+        if labels is None:
+            raise ValueError("class_cond=True but the batches carry no labels")
+        if self.cond_drop_prob > 0:
+            from ..nn import drop_labels
+
+            null = getattr(self.model, "null_class", None)
+            if null is None:
+                raise ValueError("cond_drop_prob > 0 needs a model with a null_class attribute (e.g. flowgen.nn.MLP(num_classes=...))")
+            labels = drop_labels(labels, p=self.cond_drop_prob, null_class=null, generator=generator)
+        return labels
+
+    def training_step(self, batch, batch_idx: int):
+        data, labels = _unpack(batch)
+        if self.data_shape is None:
+            self.data_shape = tuple(data.shape[1:])
+        out = self.objective.compute(self.model, data, self._cond(labels))
+        loss = out.loss
+        self._skipped_this_step = False
+        detached = loss.detach()
+        if self.skip_nonfinite or detached.device.type == "cpu":
+            if not bool(torch.isfinite(detached)):
+                if not self.skip_nonfinite:
+                    self._raise_nonfinite(self.global_step, detached)
+                self.skipped_nonfinite += 1
+                self._skipped_this_step = True
+                self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), on_step=True, on_epoch=False, batch_size=data.shape[0])
+                return None
+        else:
+            self._track_nonfinite(detached)
+        self._loss_acc = detached if self._loss_acc is None else self._loss_acc + detached
+        self._loss_n += 1
+        if self._should_log():
+            self._check_deferred_nonfinite()
+            self.log("train/loss", self._loss_acc / self._loss_n, on_step=True, on_epoch=False, prog_bar=True,
+                     batch_size=data.shape[0])
+            self._loss_acc, self._loss_n = None, 0
+        return loss
+
+    def _should_log(self) -> bool:
+        try:
+            return bool(self.trainer._logger_connector.should_update_logs)
+        except (AttributeError, RuntimeError):
+            return True
+
+    def _track_nonfinite(self, loss: Tensor) -> None:
+        if self._step_dev is None or self._step_dev.device != loss.device:
+            self._step_dev = torch.tensor(self.global_step, device=loss.device)
+            self._first_bad = torch.tensor(-1, device=loss.device)
+        bad = ~torch.isfinite(loss)
+        self._first_bad = torch.where(bad & (self._first_bad < 0), self._step_dev, self._first_bad)
+        self._step_dev = self._step_dev + 1
+
+    def _check_deferred_nonfinite(self) -> None:
+        if self._first_bad is not None:
+            step = int(self._first_bad)
+            if step >= 0:
+                self._raise_nonfinite(step, None)
+
+    def _raise_nonfinite(self, step: int, loss: Tensor | None):
+        what = f" ({float(loss)})" if loss is not None else ""
+        raise NonFiniteLossError(
+            f"non-finite training loss{what} at global step {step}; training stopped. Lower the learning rate, "
+            f"check the data for NaN/Inf, or set skip_nonfinite=True (--model.skip_nonfinite true) to skip such batches"
+        )
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None and not self._skipped_this_step:
+            self._update_ema()
+
+    def _update_ema(self) -> None:
+        """ema-pytorch's ``update()``, skipping its host reads on the steps where it would only count."""
+        ema = self.ema
+        if self._ema_host_step is None:
+            self._ema_host_step = int(ema.step)
+        s = self._ema_host_step
+        if s == 0 or s % ema.update_every == 0 or not bool(ema.initted):
+            ema.update()
+        else:
+            ema.step.add_(1)
+        self._ema_host_step = s + 1
+
+    # ------------------------------------------------------------------ hooks: fit / resume
+    def on_fit_start(self) -> None:
+        if self.ema is not None:
+            self.ema.ema_model.eval()
+
+    def on_train_start(self) -> None:
+        if self._pending_rng is not None:
+            restore_rng_state(self._pending_rng)
+            self._pending_rng = None
+        elif self.trainer.world_size > 1:
+            # give every rank its own stream of times and noise (same base seed on all ranks otherwise)
+            torch.manual_seed((torch.initial_seed() + 7919 * self.trainer.global_rank) % (2**63))
+        if self.ema is not None:
+            self._ema_host_step = int(self.ema.step)
+        self._step_dev = None
+
+    def on_train_end(self) -> None:
+        self._check_deferred_nonfinite()
+
+    def _datamodule(self):
+        trainer = getattr(self, "_trainer", None)
+        return getattr(trainer, "datamodule", None) if trainer is not None else None
+
+    def metadata(self) -> dict:
+        """The plain-data ``checkpoint["flowgen"]`` entry for the current state."""
+        dm = self._datamodule()
+        shape = self.data_shape or (tuple(dm.data_shape) if dm is not None and getattr(dm, "data_shape", None) else None)
+        num_classes = self.num_classes
+        if self.class_cond and num_classes is None and dm is not None:
+            num_classes = getattr(dm, "num_classes", None)
+        extra = {
+            "objective": self._objective_config if self._objective_config is not None else repr(self.objective),
+            "skipped_nonfinite": int(self.skipped_nonfinite),
+            "class_cond": self.class_cond,
+            "guidance_scale": self.guidance_scale,
+            "null_class": getattr(self.model, "null_class", None) if self.class_cond else None,
+            "data": dm.describe() if dm is not None and hasattr(dm, "describe") else None,
+            "global_step": int(self.global_step) if self._trainer is not None else 0,
+        }
+        return make_metadata(
+            path=self.path, prediction=self.prediction, model_spec=self.model_spec, data_shape=shape,
+            weights_prefix=self.weights_prefix, online_prefix="model.", num_classes=num_classes, kind="teacher",
+            sampler={"method": self.sample_method, "steps": self.sample_steps}, extra=extra,
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_deferred_nonfinite()
+        meta = self.metadata()
+        meta["rng"] = capture_rng_state()
+        checkpoint[METADATA_KEY] = meta
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get(METADATA_KEY) or {}
+        self._pending_rng = meta.get("rng")
+        self.skipped_nonfinite = int(meta.get("skipped_nonfinite", 0) or 0)
+        if meta.get("data_shape") is not None:
+            self.data_shape = tuple(meta["data_shape"])
+        self._ema_host_step = None
+
+    # ------------------------------------------------------------------ validation
+    def on_validation_epoch_start(self) -> None:
+        self._check_deferred_nonfinite()
+        self._val_ref, self._val_labels, self._val_loss = [], [], []
+
+    def validation_step(self, batch, batch_idx: int):
+        data, labels = _unpack(batch)
+        gen = torch.Generator(device=data.device).manual_seed(self.val_seed * 1_000_003 + batch_idx)
+        cond = labels if (self.class_cond and labels is not None) else None
+        out = self.objective.compute(self.generator_model, data, cond, generator=gen)
+        self._val_loss.append(out.loss.detach() * data.shape[0])
+        self._val_ref.append(data)
+        if labels is not None:
+            self._val_labels.append(labels)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_ref:
+            return
+        ref = torch.cat(self._val_ref)
+        n = ref.shape[0]
+        metrics = {"val/loss": float(torch.stack(self._val_loss).sum()) / n}
+        if not self.trainer.sanity_checking:
+            n = min(n, self.val_num_samples)
+            result = self.sample(n, generator_seed=self.val_seed, device=ref.device)
+            samples = result.samples
+            self.last_samples, self.last_reference = samples.detach(), ref[:n]
+            metrics.update(self._metrics(samples, ref[:n]))
+            metrics["val/nfe"] = float(result.nfe)
+        self.last_metrics = metrics
+        for k, v in metrics.items():
+            self.log(k, v, on_step=False, on_epoch=True, prog_bar=k in ("val/w2", "val/fd"), batch_size=n)
+
+    def _default_metrics(self, shape) -> list[str]:
+        if self.val_metrics is not None:
+            return list(self.val_metrics)
+        return ["w2"] if tuple(shape) == (2,) else []
+
+    def _metrics(self, samples: Tensor, ref: Tensor) -> dict[str, float]:
+        out = {}
+        names = self._default_metrics(samples.shape[1:])
+        s, r = samples.detach().double().cpu(), ref.detach().double().cpu()
+        if not bool(torch.isfinite(s).all()):
+            return {f"val/{k}": float("nan") for k in names}
+        if "w2" in names:
+            from ..metrics import wasserstein2
+
+            out["val/w2"] = float(wasserstein2(s.flatten(1), r.flatten(1)))
+        if "mmd" in names:
+            from ..metrics import mmd
+
+            out["val/mmd"] = float(mmd(s.flatten(1), r.flatten(1)))
+        if "fd" in names:
+            from ..metrics import digits_frechet_distance
+
+            out["val/fd"] = float(digits_frechet_distance(s.float(), r.float()))
+        if "coverage" in names:
+            from ..metrics import class_coverage
+
+            out["val/coverage"] = float(class_coverage(s.float()).coverage)
+        return out
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(self, num: int, *, method: str | None = None, steps: int | None = -1, cond: Tensor | None = None,
+               generator_seed: int | None = None, device=None, guidance_scale: float | None = -1.0):
+        """Draw ``num`` samples with the generator weights (EMA) and the configured sampler.
+
+        Args:
+            num: number of samples.
+            method, steps: override the configured sampler (``steps=-1`` keeps the configured value).
+            cond: ``(num,)`` labels for a class-conditional model (default: classes in turn).
+            generator_seed: seed of the noise (default: the global RNG).
+            device: where to sample (default: the module's device).
+            guidance_scale: classifier-free guidance (``-1`` keeps the configured value).
+
+        Returns:
+            :class:`flowgen.samplers.SampleResult` with ``samples (num, *D)``, ``nfe``, ``grid``.
+        """
+        from ..samplers import sample
+
+        if self.data_shape is None:
+            dm = self._datamodule()
+            if dm is None or not getattr(dm, "data_shape", None):
+                raise ValueError("data_shape is unknown: train first or attach a data module")
+            self.data_shape = tuple(dm.data_shape)
+        device = torch.device(device) if device is not None else self.device
+        gen = None
+        if generator_seed is not None:
+            gen = torch.Generator(device=device).manual_seed(int(generator_seed))
+        noise = torch.randn((num, *self.data_shape), generator=gen, device=device)
+        net = self.generator_model
+        was_training = net.training
+        net.eval()
+        kwargs = {}
+        if self.class_cond:
+            k = self.num_classes or getattr(net, "num_classes", None)
+            if cond is None:
+                if k is None:
+                    raise ValueError("a class-conditional model needs cond or num_classes to sample")
+                cond = torch.arange(num, device=device) % int(k)
+            kwargs["cond"] = cond
+            gs = self.guidance_scale if guidance_scale == -1.0 else guidance_scale
+            if gs is not None and getattr(net, "null_class", None) is not None:
+                kwargs["guidance_scale"] = gs
+                kwargs["null_cond"] = torch.full_like(cond, int(net.null_class))
+        try:
+            result = sample(net, self.path, noise, prediction=self.prediction, method=method or self.sample_method,
+                            steps=self.sample_steps if steps == -1 else steps, generator=gen, **kwargs)
+        finally:
+            net.train(was_training)
+        return result
