@@ -21,6 +21,10 @@ Consistency models (Song et al. 2023, Appendix C) need the boundary condition
 At ``t = t_min`` the difference ``σ̃ − σ̃_min`` is exactly zero, so ``c_skip = 1`` and
 ``c_out = 0`` in floating point, whatever the network returns (if finite).
 
+Where ``α = 0`` (``t = 1`` on rectified flow and cosine) ``σ̃`` is infinite; the coefficients
+are computed in forms that take their limits there (``c_skip → 0``, ``c_out → σ_d``, the network
+input ``c_in x̃ = x_t/√(σ² + σ_d²α²)``) instead of ``∞/∞``.
+
 References:
     Karras et al. 2022, arXiv:2206.00364, Table 1; Song et al. 2023, arXiv:2303.01469, eq. (7) and Appendix C.
 """
@@ -41,19 +45,41 @@ def _ve_sigma(path: Path, t: Tensor) -> Tensor:
     return path._sigma(t) / path._alpha(t)
 
 
+def _alpha_sigma(path: Path, t: Tensor) -> tuple[Tensor, Tensor]:
+    t = t.to(coefficient_dtype(t))
+    return path._alpha(t), path._sigma(t)
+
+
 def edm_coefficients(path: Path, t: Tensor, *, sigma_data: float = 0.5) -> tuple[Tensor, Tensor, Tensor]:
-    """EDM's ``(c_skip, c_out, c_in)`` at ``t`` ``(B,)`` in the path's VE frame; each ``(B,)``. ``c_in`` acts on ``x_t/α``."""
-    s = _ve_sigma(path, t)
-    norm = torch.sqrt(s * s + sigma_data**2)
-    return sigma_data**2 / (s * s + sigma_data**2), s * sigma_data / norm, 1.0 / norm
+    """EDM's ``(c_skip, c_out, c_in)`` at ``t`` ``(B,)`` in the path's VE frame; each ``(B,)``. ``c_in`` acts on ``x_t/α``.
+
+    Written with ``σ̃ = σ/α`` multiplied through by ``α`` (``c_skip = σ_d²α²/(σ² + σ_d²α²)``, …), which is
+    Table 1 verbatim when ``α = 1`` and finite where ``α = 0``.
+    """
+    a, s = _alpha_sigma(path, t)
+    sd2 = sigma_data**2
+    norm2 = s * s + sd2 * a * a  # α²(σ̃² + σ_d²)
+    norm = torch.sqrt(norm2)
+    return sd2 * a * a / norm2, s * sigma_data / norm, a / norm
 
 
 def consistency_coefficients(path: Path, t: Tensor, *, t_min: float, sigma_data: float = 0.5) -> tuple[Tensor, Tensor, Tensor]:
     """Boundary-condition ``(c_skip, c_out, c_in)``: ``c_skip(t_min) = 1``, ``c_out(t_min) = 0`` exactly. Each ``(B,)``."""
     s = _ve_sigma(path, t)
     s_min = _ve_sigma(path, torch.full_like(t, t_min))
-    d = s - s_min
-    return sigma_data**2 / (d * d + sigma_data**2), sigma_data * d / torch.sqrt(s * s + sigma_data**2), 1.0 / torch.sqrt(s * s + sigma_data**2)
+    d = s - s_min  # exactly 0 at t = t_min
+    c_out = sigma_data * d / torch.sqrt(s * s + sigma_data**2)
+    c_out = torch.where(torch.isinf(s), torch.full_like(c_out, sigma_data), c_out)  # α = 0: the limit σ_d
+    # tensor / tensor: ``scalar / tensor`` is computed as ``scalar * reciprocal(tensor)`` by torch, which is
+    # not exactly 1 at d = 0 (it missed by an ulp in float32)
+    sd2 = torch.full_like(d, sigma_data**2)
+    return sd2 / (d * d + sd2), c_out, 1.0 / torch.sqrt(s * s + sigma_data**2)
+
+
+def _input_scale(path: Path, t: Tensor, sigma_data: float) -> Tensor:
+    """``c_in/α = 1/√(σ² + σ_d²α²)``: the factor on ``x_t`` of the network input, finite where ``α = 0``."""
+    a, s = _alpha_sigma(path, t)
+    return 1.0 / torch.sqrt(s * s + sigma_data**2 * a * a)
 
 
 def _call(net: nn.Module, x: Tensor, t: Tensor, cond):
@@ -74,11 +100,14 @@ class EDMPreconditioned(nn.Module):
         self.net, self.path, self.sigma_data = net, path, float(sigma_data)
 
     def forward(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
-        c_skip, c_out, c_in = edm_coefficients(self.path, t, sigma_data=self.sigma_data)
-        alpha = self.path._alpha(t.to(coefficient_dtype(t)))
-        x_ve = x_t / expand_like(alpha, x_t).to(x_t.dtype)
-        out = _call(self.net, (expand_like(c_in, x_t) * x_ve).to(x_t.dtype), t, cond)
-        return (expand_like(c_skip, x_t) * x_ve + expand_like(c_out, x_t) * out).to(x_t.dtype)
+        a, s = _alpha_sigma(self.path, t)
+        sd = self.sigma_data
+        norm2 = s * s + sd * sd * a * a
+        skip = sd * sd * a / norm2  # c_skip/α: acts on x_t
+        c_out = s * sd / torch.sqrt(norm2)
+        scale_in = 1.0 / torch.sqrt(norm2)  # c_in/α
+        out = _call(self.net, (expand_like(scale_in, x_t) * x_t).to(x_t.dtype), t, cond)
+        return (expand_like(skip, x_t) * x_t + expand_like(c_out, x_t) * out).to(x_t.dtype)
 
 
 class BoundaryConditioned(nn.Module):
@@ -97,8 +126,7 @@ class BoundaryConditioned(nn.Module):
         self.t_min = float(path.t_min if t_min is None else t_min)
 
     def forward(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
-        c_skip, c_out, c_in = consistency_coefficients(self.path, t, t_min=self.t_min, sigma_data=self.sigma_data)
-        alpha = self.path._alpha(t.to(coefficient_dtype(t)))
-        scaled = (expand_like(c_in / alpha, x_t) * x_t).to(x_t.dtype)
+        c_skip, c_out, _ = consistency_coefficients(self.path, t, t_min=self.t_min, sigma_data=self.sigma_data)
+        scaled = (expand_like(_input_scale(self.path, t, self.sigma_data), x_t) * x_t).to(x_t.dtype)
         out = _call(self.net, scaled, t, cond)
         return (expand_like(c_skip, x_t) * x_t + expand_like(c_out, x_t) * out).to(x_t.dtype)
