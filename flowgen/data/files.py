@@ -114,7 +114,11 @@ def _read_tensor_file(path) -> tuple[Tensor, Tensor | None, Path]:
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - UnpicklingError for code payloads, RuntimeError for garbage
-            raise _refuse(p, f"cannot be loaded safely with torch.load(weights_only=True) ({type(err).__name__}: {err})") from None
+            reason = (str(err).strip().splitlines() or [""])[0][:200]
+            raise _refuse(
+                p, f"cannot be loaded safely with torch.load(weights_only=True) ({type(err).__name__}: {reason}); "
+                "it holds pickled objects other than tensors and plain containers, or is corrupt"
+            ) from None
         if isinstance(obj, dict):
             if "data" not in obj:
                 raise _refuse(p, f"is a dict with keys {sorted(map(str, obj))}; expected a tensor or a dict with a 'data' tensor")
