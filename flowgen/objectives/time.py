@@ -71,7 +71,8 @@ class DiscreteTime(TimeDistribution):
     """Uniform integer index ``i ∈ {0 … T−1}`` mapped to ``t = (i + 1)/T``.
 
     ``num_steps`` defaults to the path's table size when the path is a
-    :class:`~flowgen.paths.DiscreteDDPM`, and must be given otherwise.
+    :class:`~flowgen.paths.DiscreteDDPM`, and must be given otherwise. Sampling raises
+    ``ValueError`` if that grid leaves the path's ``[t_min, t_max]``.
     """
 
     def __init__(self, num_steps: int | None = None):
@@ -85,6 +86,13 @@ class DiscreteTime(TimeDistribution):
             if not isinstance(path, DiscreteDDPM):
                 raise ValueError("DiscreteTime needs num_steps unless the path is a DiscreteDDPM")
             n = path.num_steps
+        # the grid {1/n, …, 1} must lie inside the path's interval (module contract); e.g. VP (t_min = 1e-3)
+        # with n = 2000 would put times at 5e-4, and an AffinePath with t_max < 1 at t = 1
+        if 1.0 / n < path.t_min * (1 - 1e-12) or path.t_max < 1.0:
+            raise ValueError(
+                f"DiscreteTime(num_steps={n}) puts times at (i + 1)/{n} in [{1.0 / n:.6g}, 1], outside the path's "
+                f"[t_min, t_max] = [{path.t_min:.6g}, {path.t_max:.6g}]; use fewer steps or UniformTime"
+            )
         i = torch.randint(0, n, (_check_batch_size(batch),), generator=generator, device=device)
         return (i.to(dtype) + 1.0) / n
 
