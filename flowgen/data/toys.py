@@ -22,6 +22,7 @@ References:
 from __future__ import annotations
 
 import math
+import numbers
 from enum import Enum
 from functools import lru_cache
 
@@ -60,7 +61,7 @@ TOY_DATASETS: tuple[str, ...] = tuple(m.value for m in Toy)
 
 
 def _setup(n, generator, dtype, device):
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")

@@ -1,7 +1,13 @@
-"""Input checks shared by the models (shape contract only: no device syncs on the hot path)."""
+"""Input checks shared by the models.
+
+Shapes and dtypes are always checked. Values (``t`` finite) are checked only on the CPU: on an
+accelerator the check would synchronise the device on every call. ``x_t`` values are not checked
+(NaN in, NaN out); the samplers and objectives validate their inputs before calling a model.
+"""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
@@ -20,3 +26,5 @@ def check_inputs(x_t, t, *, event_shape: tuple | None = None, event_rank: int | 
         raise TypeError(f"t must be a torch.Tensor of shape (B,), got {type(t).__name__}")
     if t.dim() != 1 or t.shape[0] != x_t.shape[0]:
         raise ValueError(f"t must have shape ({x_t.shape[0]},) to match x_t {tuple(x_t.shape)}, got {tuple(t.shape)}")
+    if t.device.type == "cpu" and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"t holds {int((~torch.isfinite(t)).sum())} NaN/Inf value(s); expected finite times")

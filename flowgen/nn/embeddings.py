@@ -142,6 +142,7 @@ class ClassEmbedding(nn.Module):
             cond = torch.full((batch,), self.null_class, dtype=torch.long, device=device)
         else:
             cond = check_cond(cond, batch)
+            check_cond_range(cond, self.num_classes)
         return self.embedding(cond)
 
 
@@ -154,6 +155,19 @@ def check_cond(cond, batch: int) -> Tensor:
     if cond.shape != (batch,):
         raise ValueError(f"cond must have shape ({batch},) to match the batch, got {tuple(cond.shape)}")
     return cond.long()
+
+
+def check_cond_range(cond: Tensor, num_classes: int) -> None:
+    """On the CPU, raise ValueError unless ``0 <= cond <= num_classes`` (``num_classes`` = null class).
+
+    Skipped on accelerators, where the check would synchronise the device on every call; there an
+    out-of-range label fails inside the embedding lookup instead.
+    """
+    if cond.device.type == "cpu" and cond.numel() and (bool((cond < 0).any()) or bool((cond > num_classes).any())):
+        raise ValueError(
+            f"cond must hold class indices in [0, {num_classes}] ({num_classes} is the null class), "
+            f"got values in [{int(cond.min())}, {int(cond.max())}]"
+        )
 
 
 def drop_labels(cond: Tensor, *, p: float, null_class: int, generator: torch.Generator | None = None) -> Tensor:

@@ -1,6 +1,5 @@
 """Digits classifier: cache round trip (atomic, weights_only), retraining of bad caches, and the metrics on top."""
 
-
 import pytest
 import torch
 

@@ -192,3 +192,27 @@ def test_log_likelihood_errors():
         log_likelihood(torch.randn(3, 3), toy_density("gmm"))
     with pytest.raises(ValueError, match="reduction"):
         log_likelihood(torch.randn(3, 2), toy_density("gmm"), reduction="max")
+
+
+# ----------------------------------------------------------------------------- laws
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@given(n=st.integers(2, 7), d=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_w2_is_a_metric_on_point_clouds(n, d, seed):
+    g = gen(seed)
+    x, y, z = (torch.randn(n, d, generator=g, dtype=f64) for _ in range(3))
+    wxy, wyx = wasserstein2(x, y), wasserstein2(y, x)
+    assert wxy == pytest.approx(wyx, rel=1e-9, abs=1e-12)
+    assert wasserstein2(x, z) <= wxy + wasserstein2(y, z) + 1e-9
+    # W2² ≤ cost of the identity matching, and ≥ the squared distance of the means (Jensen)
+    assert w2_squared(x, y) <= float((x - y).pow(2).sum(1).mean()) + 1e-12
+    assert w2_squared(x, y) >= float((x.mean(0) - y.mean(0)).pow(2).sum()) - 1e-12
+
+
+@given(n=st.integers(2, 8), m=st.integers(2, 8), seed=st.integers(0, 2**16))
+def test_mmd_symmetric(n, m, seed):
+    g = gen(seed)
+    x, y = torch.randn(n, 2, generator=g, dtype=f64), torch.randn(m, 2, generator=g, dtype=f64) + 1
+    assert mmd(x, y, bandwidths=[0.5, 2.0]) == pytest.approx(mmd(y, x, bandwidths=[0.5, 2.0]), rel=1e-9, abs=1e-12)

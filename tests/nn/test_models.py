@@ -95,6 +95,12 @@ def test_bad_inputs(name):
         model(x, torch.rand(2), torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match="cond"):
         model(x, torch.rand(2), torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"cond must hold class indices in \[0, 3\]"):
+        model(x, torch.rand(2), torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match="class indices"):
+        model(x, torch.rand(2), torch.tensor([-1, 0]))
+    with pytest.raises(ValueError, match="NaN"):
+        model(x, torch.tensor([0.5, float("nan")]))
     uncond, _ = small_models()[name]
     with pytest.raises(ValueError, match="unconditional"):
         uncond(x, torch.rand(2), torch.tensor([0, 1]))
@@ -193,3 +199,27 @@ def test_class_embedding_and_drop_labels():
     assert (drop_labels(cond, p=1.0, null_class=3) == 3).all()
     with pytest.raises(ValueError, match="p must"):
         drop_labels(cond, p=1.5, null_class=3)
+
+
+@pytest.mark.parametrize("name", ["mlp", "unet", "dit"])
+def test_bf16_autocast(name):
+    model, shape = small_models(num_classes=3)[name]
+    model = _perturb(model)
+    x = torch.randn(2, *shape)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, torch.rand(2), torch.tensor([0, 3]))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    out.float().square().mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_packages_import_without_lightning():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['lightning'] = None; sys.modules['pytorch_lightning'] = None\n"
+        "import flowgen.nn, flowgen.data, flowgen.metrics\n"
+        "assert not any(m.split('.')[0] in ('lightning', 'pytorch_lightning') and sys.modules[m] is not None for m in sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
