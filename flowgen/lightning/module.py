@@ -46,6 +46,17 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN/Inf; the message names the global step."""
 
 
+def default_steps(method: str, steps: int | None) -> int | None:
+    """``steps`` for a fixed-step ``method``, ``None`` for an adaptive one (dopri5, bosh3, …)."""
+    from ..samplers import METHODS, Method
+
+    try:
+        adaptive = METHODS[Method.parse(method)].adaptive
+    except (ValueError, KeyError):
+        return steps  # unknown names are reported by the sampler
+    return None if adaptive else steps
+
+
 def _given_hparams() -> dict | None:
     """The plain config LightningCLI is instantiating this module from, if any."""
     try:
@@ -321,10 +332,6 @@ class FlowModule(pl.LightningModule):
         self._ema_host_step = s + 1
 
     # ------------------------------------------------------------------ hooks: fit / resume
-    def on_fit_start(self) -> None:
-        if self.ema is not None:
-            self.ema.ema_model.eval()
-
     def on_train_start(self) -> None:
         if self._pending_rng is not None:
             restore_rng_state(self._pending_rng)
@@ -485,8 +492,10 @@ class FlowModule(pl.LightningModule):
                 kwargs["guidance_scale"] = gs
                 kwargs["null_cond"] = torch.full_like(cond, int(net.null_class))
         try:
-            result = sample(net, self.path, noise, prediction=self.prediction, method=method or self.sample_method,
-                            steps=self.sample_steps if steps == -1 else steps, generator=gen, **kwargs)
+            method = method or self.sample_method
+            steps = default_steps(method, self.sample_steps) if steps == -1 else steps
+            result = sample(net, self.path, noise, prediction=self.prediction, method=method, steps=steps,
+                            generator=gen, **kwargs)
         finally:
             net.train(was_training)
         return result
