@@ -179,8 +179,12 @@ class GaussianData(_Oracle):
         return self._unflat(as_ * self.mean + self._unproj(ratio * y), x_t)
 
     def log_prob(self, x: Tensor, *, t: float = 0.0, path: Path | None = None) -> Tensor:
-        """Log-density ``(B,)`` of ``x`` under the data (``t = 0``) or under the marginal at scalar ``t``."""
-        if t == 0.0 or path is None:
+        """Log-density ``(B,)`` of ``x`` under the data (no ``path``) or under the marginal of ``x_t`` at scalar ``t``.
+
+        With a path the marginal is used at every ``t``, ``t = 0`` included: it differs from the data where
+        ``σ(0) > 0`` (``RectifiedFlow(sigma_min)``).
+        """
+        if path is None:
             mean, cov = self.mean, self.cov
         else:
             mean, cov = self.marginal(t, path)
