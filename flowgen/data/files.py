@@ -42,8 +42,12 @@ MAX_PIXELS = 1 << 26
 
 
 # --------------------------------------------------------------------------- tensor files
+class _Refusal(ValueError):
+    """A refused data file (a ValueError naming the file and the reason)."""
+
+
 def _refuse(path, reason: str) -> ValueError:
-    return ValueError(f"data file {str(path)!r} refused: {reason}")
+    return _Refusal(f"data file {str(path)!r} refused: {reason}")
 
 
 def _as_tensor(value, path, what: str) -> Tensor:
@@ -74,7 +78,9 @@ def _check_data(x: Tensor, path, what: str, event_shape) -> Tensor:
     return x
 
 
-_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+_INT_DTYPES = tuple(
+    getattr(torch, name) for name in ("uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64") if hasattr(torch, name)
+)
 
 
 def _read_tensor_file(path) -> tuple[Tensor, Tensor | None, Path]:
@@ -104,9 +110,9 @@ def _read_tensor_file(path) -> tuple[Tensor, Tensor | None, Path]:
                 data = _as_tensor(z[key], p, f"array {key!r}")
                 if "labels" in z:
                     labels = _as_tensor(z["labels"], p, "array 'labels'")
+        except _Refusal:
+            raise
         except ValueError as err:
-            if "refused" in str(err):
-                raise
             raise _refuse(p, f"cannot read it without unpickling: {err}") from None
         except Exception as err:  # noqa: BLE001
             raise _refuse(p, f"not a readable .npz file ({type(err).__name__}: {err})") from None

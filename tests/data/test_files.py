@@ -68,6 +68,9 @@ def test_wrong_shape_suffix_missing(tmp_path):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "k.pt")
     with pytest.raises(ValueError, match=r"k\.pt.*'data'"):
         load_tensor_file(tmp_path / "k.pt")
+    np.savez(tmp_path / "two.npz", a=np.zeros((2, 2)), b=np.ones(3))
+    with pytest.raises(ValueError, match=r"two\.npz.*holds arrays \['a', 'b'\]"):
+        load_tensor_file(tmp_path / "two.npz")
     (tmp_path / "trunc.npy").write_bytes(b"\x93NUMPY garbage")
     with pytest.raises(ValueError, match="trunc.npy"):
         load_tensor_file(tmp_path / "trunc.npy")
