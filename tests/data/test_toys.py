@@ -61,8 +61,8 @@ def test_mixture_toys_match_their_oracle(name):
     torch.testing.assert_close(x.mean(0), mean, atol=0.03, rtol=0)
     torch.testing.assert_close(torch.cov(x.T), cov, atol=0.05, rtol=0.03)
     # the samples are typical under the oracle: mean log-density matches its Monte-Carlo entropy
-    ref = oracle.sample(40000, generator=torch.Generator().manual_seed(2))
-    assert abs(float(oracle.log_prob(x).mean() - oracle.log_prob(ref).mean())) < 0.05
+    ref = oracle.sample(10000, generator=torch.Generator().manual_seed(2))
+    assert abs(float(oracle.log_prob(x[:10000]).mean() - oracle.log_prob(ref).mean())) < 0.08
 
 
 def test_checkerboard_support_and_uniformity():

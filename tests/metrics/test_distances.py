@@ -98,9 +98,9 @@ def test_mmd_matches_definition(kernel, m):
 
 
 def test_mmd_identical_zero_different_positive(device):
-    x = sample_toy("moons", 600, generator=gen(0), dtype=f64, device=device)
-    same = sample_toy("moons", 600, generator=gen(1), dtype=f64, device=device)
-    other = sample_toy("8gaussians", 600, generator=gen(2), dtype=f64, device=device)
+    x = sample_toy("moons", 300, generator=gen(0), dtype=f64, device=device)
+    same = sample_toy("moons", 300, generator=gen(1), dtype=f64, device=device)
+    other = sample_toy("8gaussians", 300, generator=gen(2), dtype=f64, device=device)
     assert mmd(x, x) == 0.0
     null = abs(mmd(x, same))
     assert mmd(x, other) > 10 * null and mmd(x, other) > 0.05
