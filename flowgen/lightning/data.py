@@ -58,6 +58,14 @@ class _TokenStream:
     def __len__(self) -> int:
         return self.length
 
+    # The position lives in the data module's state (saved with the checkpoint); these make Lightning
+    # treat the stream as resumable mid-epoch.
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
+
     def __iter__(self):
         start = self.owner._consumed % self.length if self.split == "train" else 0
         for i in range(start, self.length):

@@ -8,8 +8,16 @@ from flowgen.lightning.data import BatchRequest, DigitsDataModule, ImageFolderDa
 
 
 def _train_batches(dm, n, device="cpu"):
-    it = iter(dm.train_dataloader())
-    return [dm.transfer_batch_to_device(next(it), torch.device(device), 0) for _ in range(n)]
+    """Materialise ``n`` training batches as Lightning does, starting a new epoch when one ends."""
+    out, it = [], iter(dm.train_dataloader())
+    while len(out) < n:
+        try:
+            token = next(it)
+        except StopIteration:
+            it = iter(dm.train_dataloader())
+            continue
+        out.append(dm.transfer_batch_to_device(token, torch.device(device), 0))
+    return out
 
 
 def test_toy_batches_are_drawn_whole_on_the_device(device):

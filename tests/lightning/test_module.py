@@ -1,0 +1,158 @@
+"""FlowModule: injected objective, EMA, non-finite losses, validation metrics, checkpoint contents."""
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch import nn
+
+from flowgen.checkpoint import load_generator, safe_load
+from flowgen.lightning import FlowModule, NonFiniteLossError, TensorFileDataModule, ToyDataModule
+from flowgen.nn import MLP
+from flowgen.objectives import Objective, ddpm, rectified_flow
+
+SPEC = {"class_path": "flowgen.nn.MLP", "init_args": {"dim": 2, "hidden": 32, "depth": 2}}
+
+
+def small(**kw):
+    kw.setdefault("model_spec", SPEC)
+    return FlowModule(MLP(2, hidden=32, depth=2), kw.pop("objective", rectified_flow()), **kw)
+
+
+class SpyObjective(Objective):
+    """Records every loss it returns."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.losses = []
+
+    def compute(self, model, data, cond=None, *, generator=None):
+        out = super().compute(model, data, cond, generator=generator)
+        if torch.is_grad_enabled():
+            self.losses.append(out.loss)
+        return out
+
+
+class LossRecorder(pl.Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(outputs["loss"])
+
+
+def test_training_uses_the_injected_objective(tiny_trainer):
+    from flowgen.paths import RectifiedFlow
+
+    spy = SpyObjective(RectifiedFlow(), "velocity")
+    rec = LossRecorder()
+    tiny_trainer(5, callbacks=[rec]).fit(small(objective=spy), ToyDataModule(batch_size=16))
+    assert len(spy.losses) == 5
+    assert all(torch.equal(a.detach(), b.detach()) for a, b in zip(spy.losses, rec.losses))  # the objective's loss, untouched
+
+
+class NaNAt(nn.Module):
+    """An MLP whose output turns NaN from its ``k``-th training call on."""
+
+    def __init__(self, k):
+        super().__init__()
+        self.net, self.k, self.calls = MLP(2, hidden=16, depth=2), k, 0
+
+    def forward(self, x_t, t, cond=None):
+        out = self.net(x_t, t)
+        if self.training:
+            self.calls += 1
+            if self.calls >= self.k:
+                return out * float("nan")
+        return out
+
+
+def test_nonfinite_loss_stops_training_naming_the_step(tiny_trainer, tmp_path):
+    module = FlowModule(NaNAt(4), rectified_flow(), model_spec={"class_path": "x.Y", "init_args": {}})
+    with pytest.raises(NonFiniteLossError, match="global step 3"):
+        tiny_trainer(10, checkpoint_every=2).fit(module, ToyDataModule(batch_size=16))
+    # the checkpoint written before the failure holds finite weights
+    state = safe_load(tmp_path / "run" / "checkpoints" / "last.ckpt")["state_dict"]
+    assert all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
+
+
+def test_skip_nonfinite_skips_and_counts(tiny_trainer, tmp_path):
+    module = FlowModule(NaNAt(4), rectified_flow(), skip_nonfinite=True, model_spec={"class_path": "x.Y", "init_args": {}})
+    before = {k: v.clone() for k, v in module.model.state_dict().items()}
+    tiny_trainer(7).fit(module, ToyDataModule(batch_size=16))
+    assert module.skipped_nonfinite == 4  # calls 4..7 were NaN
+    after = module.model.state_dict()
+    assert all(bool(torch.isfinite(v).all()) for v in after.values())
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the first three steps trained
+    meta = safe_load(tmp_path / "run" / "checkpoints" / "last.ckpt")["flowgen"]
+    assert meta["skipped_nonfinite"] == 4
+
+
+def test_ema_update_schedule_matches_ema_pytorch_exactly():
+    from ema_pytorch import EMA
+
+    torch.manual_seed(0)
+    module = small(ema_decay=0.9, ema_warmup_steps=3, ema_update_every=3, ema_power=1.0)
+    ref = EMA(module.model, beta=0.9, update_after_step=3, update_every=3, power=1.0, include_online_model=False)
+    for _ in range(17):
+        with torch.no_grad():
+            for p in module.model.parameters():
+                p.add_(torch.randn_like(p))
+        module._update_ema()
+        ref.update()
+    for a, b in zip(module.ema.ema_model.parameters(), ref.ema_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert int(module.ema.step) == int(ref.step) == 17
+
+
+def test_checkpoint_is_safe_and_samples_with_ema_weights(tiny_trainer, tmp_path):
+    pl.seed_everything(0, verbose=False)
+    module = small(objective=ddpm(prediction="v"), ema_decay=0.5, ema_warmup_steps=0)
+    tiny_trainer(6, checkpoint_every=3).fit(module, ToyDataModule(batch_size=16))
+    f = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ck = safe_load(f)  # weights_only=True
+    for key in ("optimizer_states", "state_dict", "loops", "ToyDataModule", "flowgen"):
+        assert key in ck
+    meta = ck["flowgen"]
+    assert meta["path"]["name"] == "DiscreteDDPM" and meta["prediction"] == "v"
+    assert meta["data_shape"] == [2] and meta["model"] == SPEC and meta["weights_prefix"] == "ema.ema_model."
+    assert set(meta["rng"]) >= {"torch", "numpy", "python"} and "generator" in ck["ToyDataModule"]
+    net, path, prediction, _ = load_generator(f)
+    for a, b, c in zip(net.parameters(), module.ema.ema_model.parameters(), module.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert any(not torch.equal(b, c) for b, c in zip(module.ema.ema_model.parameters(), module.model.parameters()))
+
+
+def test_validation_samples_and_logs_w2_without_touching_the_global_rng(tiny_trainer):
+    module = small(val_num_samples=64, sample_steps=4)
+    dm = ToyDataModule(batch_size=16, val_size=64)
+    trainer = tiny_trainer(2, limit_val_batches=None, val_every=2)
+    trainer.fit(module, dm)
+    assert {"val/loss", "val/w2", "val/nfe"} <= set(trainer.callback_metrics)
+    assert trainer.callback_metrics["val/nfe"] == 4
+    assert module.last_samples.shape == (64, 2)
+    state = torch.get_rng_state()
+    trainer.validate(module, dm, verbose=False)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_class_conditional_training_and_guided_sampling(tiny_trainer, tmp_path):
+    x = torch.randn(64, 2)
+    y = (x[:, 0] > 0).long()
+    torch.save({"data": x, "labels": y}, tmp_path / "d.pt")
+    module = FlowModule(MLP(2, hidden=16, depth=2, num_classes=2), rectified_flow(), class_cond=True,
+                        cond_drop_prob=0.2, guidance_scale=1.5, sample_steps=3)
+    tiny_trainer(3).fit(module, TensorFileDataModule(str(tmp_path / "d.pt"), batch_size=16))
+    assert module.model_spec["init_args"]["num_classes"] == 2
+    out = module.sample(10, generator_seed=0)
+    assert out.samples.shape == (10, 2) and out.nfe == 6  # guidance: 2 evaluations per step
+
+
+def test_argument_errors_name_the_argument():
+    with pytest.raises(TypeError, match="objective"):
+        FlowModule(MLP(2), "rectified_flow")
+    with pytest.raises(TypeError, match="model"):
+        FlowModule(lambda x, t: x, rectified_flow())
+    for kw, name in [({"lr": -1.0}, "lr"), ({"ema_decay": 1.5}, "ema_decay"), ({"val_metrics": ["fid"]}, "val_metrics"),
+                     ({"sample_steps": 0}, "sample_steps"), ({"cond_drop_prob": 2.0}, "cond_drop_prob")]:
+        with pytest.raises(ValueError, match=name):
+            small(**kw)
