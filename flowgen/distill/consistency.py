@@ -3,14 +3,14 @@ r"""Consistency distillation and consistency training on any path.
 A consistency function ``f(x_t, t)`` maps every point of a probability-flow ODE trajectory to
 the trajectory's point at ``t_min``; it satisfies ``f(x, t_min) = x`` exactly by construction
 (:class:`~flowgen.preconditioning.BoundaryConditioned`, the parameterization of Song et al.
-2023, eq. 7 / Appendix C, written in the path's variance-exploding frame ``σ̃ = σ/α``).
+2023, Sec. 3 / Appendix C, written in the path's variance-exploding frame ``σ̃ = σ/α``).
 
 **Time discretisation.** ``N`` times ``t_max = τ_0 > τ_1 > … > τ_{N−1} = t_min`` from EDM's
 ρ-schedule in ``σ̃`` (the samplers' :func:`~flowgen.samplers.grids.karras_grid` with ``N − 1``
 steps). A training pair is an adjacent interval ``(t, s) = (τ_j, τ_{j+1})``, ``t > s``
 (the paper's ``(t_{n+1}, t_n)``).
 
-**Consistency distillation** (Song et al. 2023, Algorithm 2, eq. 8–10)::
+**Consistency distillation** (Song et al. 2023, Sec. 4, Definition 1 and Algorithm 2)::
 
     x_t = α(t)·data + σ(t)·noise
     x̂_s = Φ(x_t, t → s)                 # one teacher ODE step (Euler, Heun, …)
@@ -48,7 +48,7 @@ re-noise ``x_τ = (α_τ/α_min)·x + √(σ_τ² − (α_τ σ_min/α_min)²)·
 paper's ``x + √(τ² − ε²) z``) and ``x ← f(x_τ, τ)`` (:func:`consistency_sample`).
 
 References:
-    Song et al. 2023, arXiv:2303.01469, Algorithms 1–3, eq. (7)–(10), Appendix C;
+    Song et al. 2023, arXiv:2303.01469, Sec. 3–5, Definition 1, Algorithms 1–3, Appendix C;
     Song & Dhariwal 2023, arXiv:2310.14189, Sec. 3.1–3.5;
     Karras et al. 2022, arXiv:2206.00364, eq. (5) (ρ-schedule).
 """
@@ -106,7 +106,7 @@ DEFAULT_SIGMA_MAX = 80.0
 def consistency_function(net: nn.Module, path: Path, *, t_min: float | None = None, sigma_data: float = 0.5) -> BoundaryConditioned:
     """Wrap a raw network ``F(x, t[, cond])`` as a consistency function with ``f(x, t_min) = x`` exactly.
 
-    Thin alias of :class:`~flowgen.preconditioning.BoundaryConditioned` (Song et al. 2023, eq. 7,
+    Thin alias of :class:`~flowgen.preconditioning.BoundaryConditioned` (Song et al. 2023, Sec. 3,
     Appendix C) so that every distiller builds the same parameterization.
     """
     return BoundaryConditioned(net, path, t_min=t_min, sigma_data=sigma_data)
@@ -506,7 +506,7 @@ def consistency_distillation_loss(student, *, teacher_step: Callable, data: Tens
         ``(B,)`` per-sample losses (differentiable w.r.t. the student only).
 
     References:
-        Song et al. 2023, arXiv:2303.01469, Algorithm 2, eq. (8)–(10).
+        Song et al. 2023, arXiv:2303.01469, Sec. 4 (Definition 1), Algorithm 2.
     """
     return _cd(student, teacher_step=teacher_step, data=data, noise=noise, t=t, s=s, path=path, target_net=target_net,
                metric=metric, weight=weight, cond=cond).per_sample

@@ -103,7 +103,8 @@ class Generator(ABC):
             generator: RNG for methods that draw fresh noise (multistep consistency sampling).
 
         Returns:
-            ``(B, *D)`` samples in ``noise``'s dtype.
+            ``(B, *D)`` samples in ``noise``'s dtype, without autograd graph. A model in training
+            mode is switched to eval mode for the call (dropout off) and switched back after.
 
         Raises:
             ValueError: an unsupported ``steps`` (the message lists the supported ones) or noise of the wrong shape.

@@ -378,6 +378,7 @@ class Reflow:
                        weighting=self.weighting, metric=self.metric, cond=cond)
 
     def __call__(self, student, noise: Tensor, endpoint: Tensor, cond=None, **kwargs) -> Tensor:
+        """Scalar loss (see :meth:`loss`)."""
         return self.loss(student, noise, endpoint, cond, **kwargs).loss
 
     def next_round(self) -> int:
@@ -386,9 +387,17 @@ class Reflow:
         return self.round
 
     def state_dict(self) -> dict:
+        """Plain-data state (the round ``k``, path config and prediction) for checkpoints."""
         return {"round": self.round, "path": path_to_config(self.path), "prediction": self.prediction.value}
 
+    def student_generator(self, student, **kwargs):
+        """The trained k-rectified flow as a :class:`~flowgen.distill.ReflowGenerator` (Euler, any number of steps)."""
+        from .generators import ReflowGenerator
+
+        return ReflowGenerator(student, self.path, self.prediction, **kwargs)
+
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output (resume at round ``k``)."""
         if not isinstance(state, dict) or "round" not in state:
             raise ValueError(f"reflow state must be a dict with a 'round' key, got {state!r}")
         self.round = check_int(state["round"], "state['round']")
@@ -460,11 +469,19 @@ class OneStepDistillation:
         self.t_max, self.t_min = _interval(path, t_max, t_min)
 
     def loss(self, student, noise: Tensor, endpoint: Tensor, cond=None) -> DistillOutput:
+        """Evaluate on a batch of pairs ``(B, *D)``; see :func:`one_step_distillation_loss`."""
         return _one_step(student, noise=noise, endpoint=endpoint, path=self.path, prediction=self.prediction,
                          metric=self.metric, t_max=self.t_max, t_min=self.t_min, cond=cond)
 
     def __call__(self, student, noise: Tensor, endpoint: Tensor, cond=None) -> Tensor:
         return self.loss(student, noise, endpoint, cond).loss
+
+    def student_generator(self, student, **kwargs):
+        """The distilled student as a 1-step :class:`~flowgen.distill.ReflowGenerator` (the map this loss trains)."""
+        from .generators import ReflowGenerator
+
+        kwargs.setdefault("supported_steps", (1,))
+        return ReflowGenerator(student, self.path, self.prediction, t_max=self.t_max, t_min=self.t_min, **kwargs)
 
 
 # --- straightness ------------------------------------------------------------------------------------------

@@ -309,13 +309,14 @@ def test_one_step_sampling_is_f_at_t_max():
 def test_multistep_sampling_with_the_exact_consistency_function_hits_the_data_distribution(k):
     path = PATHS["vp"]()
     gauss = GaussianData.random(2, generator=torch.Generator().manual_seed(11))
-    f = ExactConsistency(gauss, path, path.t_min)
-    times = [1.0, 0.6, 0.3, 0.1][:k]
+    t_min = 0.2  # a boundary well inside the path, so that the re-noising must undo its noise level exactly
+    f = ExactConsistency(gauss, path, t_min)
+    times = [1.0, 0.6, 0.45, 0.3][:k]
     noise = torch.randn(20000, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
     x = consistency_sample(f, path, noise, times=times, generator=torch.Generator().manual_seed(2))
-    mean, cov = gauss.marginal(path.t_min, path)
+    mean, cov = gauss.marginal(t_min, path)
     assert float((x.mean(0) - mean).abs().max()) < 0.05
-    assert float((torch.cov(x.T) - cov).abs().max()) < 0.08
+    assert float((torch.cov(x.T) - cov).abs().max()) < 0.04  # seeded: deterministic; a wrong re-noising misses by > 0.06
     again = consistency_sample(f, path, noise, times=times, generator=torch.Generator().manual_seed(2))
     other = consistency_sample(f, path, noise, times=times, generator=torch.Generator().manual_seed(3))
     assert torch.equal(x, again) and not torch.equal(x, other)

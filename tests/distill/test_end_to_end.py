@@ -53,7 +53,9 @@ def test_reflow_pairs_and_one_step_distillation_beat_the_teachers_one_step_euler
         opt.zero_grad()
         loss.backward()
         opt.step()
-    student = ReflowGenerator(net, path, "velocity").sample(noise, steps=1)
+    gen = loss_fn.student_generator(net)
+    assert isinstance(gen, ReflowGenerator) and gen.supported_steps == (1,)
+    student = gen.sample(noise, steps=1)
     d_student = w2_squared(student, reference)
     assert d_student * 10 < teacher_euler, (d_student, teacher_euler)
 

@@ -203,6 +203,10 @@ def test_reflow_of_a_gaussian_flow_converges_to_the_linear_ot_map(tmp_path):
     # its 1-step Euler sampler already is the OT map
     one_step = sample(rect, path, noise, prediction="velocity", method="euler", steps=1).samples
     torch.testing.assert_close(one_step, gauss.mean + noise @ _sqrtm(gauss.cov).T, rtol=0, atol=1e-5)
+    # k-rectified flow: reflowing the straight 1-rectified flow again changes nothing (its coupling is a fixed point)
+    ds2 = generate_pairs(rect, path, prediction="velocity", num=500, batch_size=250, shape=(2,), out_dir=tmp_path / "round2",
+                         method="euler", steps=8, dtype=F64, seed=1)
+    torch.testing.assert_close(ds2.endpoint, gauss.mean + ds2.noise @ _sqrtm(gauss.cov).T, rtol=0, atol=1e-5)
     # and no affine field has a lower reflow loss on the pairs
     t = torch.full((len(ds),), 0.37, dtype=F64)
     best = reflow_loss(rect, noise=ds.noise, endpoint=ds.endpoint, t=t, path=path, prediction="velocity").mean()
@@ -232,6 +236,7 @@ def test_reflow_loss_is_the_velocity_regression_on_fixed_pairs():
     other = Reflow(path)
     other.load_state_dict(rf.state_dict())
     assert other.round == 2
+    assert rf.student_generator(student).supported_steps is None
 
 
 def test_one_step_distillation_loss_is_zero_at_the_exact_map_and_trains_the_student():
