@@ -80,6 +80,17 @@ class SampleResult:
 
 
 # --- argument handling ----------------------------------------------------------------------
+_PREDICTIONS = {p.value: p for p in Prediction}
+
+
+def _parse_prediction(value) -> Prediction:
+    """``Prediction.parse`` with a dictionary fast path for exact values (the common case)."""
+    if isinstance(value, Prediction):
+        return value
+    hit = _PREDICTIONS.get(value) if isinstance(value, str) else None
+    return hit if hit is not None else Prediction.parse(value)
+
+
 def _check_path(path) -> Path:
     if not isinstance(path, Path):
         raise TypeError(f"path must be a flowgen Path, got {type(path).__name__}")
@@ -235,7 +246,7 @@ def _adaptive_run(ev: _Evaluator, path: Path, prediction: Prediction, method: Me
 
 
 def _integrate(model, path: Path, x: Tensor, prediction: Prediction, method: Method, grid: Tensor, opts: dict, *,
-               cond, guidance_scale, null_cond, generator, progress: bool, callback) -> SampleResult:
+               cond, guidance_scale, null_cond, generator, progress: bool, callback, x_name: str = "x") -> SampleResult:
     """Validated core: run once; if the result is not finite, rerun with per-step checks to say where."""
     spec = METHODS[method]
     _check_generator(generator, x.shape[0])
@@ -253,6 +264,7 @@ def _integrate(model, path: Path, x: Tensor, prediction: Prediction, method: Met
             run = _Run(ev, path, prediction, grid, x, method=method.value, generator=generator, progress=progress, callback=callback)
             out = spec.loop(run, x, opts)
         if failure is not None or not bool(torch.isfinite(out).all()):
+            check_finite(x, x_name)  # NaN/Inf given as input (checked here, off the happy path)
             _diagnose(model, path, x, prediction, method, grid, opts, cond=cond, guidance_scale=guidance_scale,
                       null_cond=null_cond, generator=generator, saved=saved, failure=failure)
     return SampleResult(samples=out, nfe=ev.nfe, grid=grid, method=method.value)
@@ -326,11 +338,10 @@ def integrate(model, path: Path, x: Tensor, *, prediction, method="euler", steps
         TypeError: an option the method does not take.
     """
     path = _check_path(path)
-    prediction = Prediction.parse(prediction)
+    prediction = _parse_prediction(prediction)
     method = Method.parse(method)
     opts = _check_options(method, method_options)
     _check_state(x, "x")
-    check_finite(x, "x")
     generation = True
     if grid is not None and not isinstance(grid, (str, Grid)):
         g = check_grid(grid) if _looks_decreasing(grid) else check_grid(grid, increasing=True)
@@ -399,7 +410,7 @@ def sample(model, path: Path, noise: Tensor, *, prediction, method="euler", step
         (torch.Size([4, 2]), 8)
     """
     path = _check_path(path)
-    prediction = Prediction.parse(prediction)
+    prediction = _parse_prediction(prediction)
     method = Method.parse(method)
     opts = _check_options(method, method_options)
     _check_state(noise, "noise")
@@ -407,14 +418,13 @@ def sample(model, path: Path, noise: Tensor, *, prediction, method="euler", step
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         noise = noise.to(dtype)
-    check_finite(noise, "noise")
     g = _resolve_grid(path, method, steps, grid, t_max, t_min, generation=True)
     sigma0 = float(path._sigma(g[:1])[0])
     x = noise if sigma0 == 1.0 else noise * sigma0
     batch = x.shape[0]
     kw = dict(cond=cond, guidance_scale=guidance_scale, null_cond=null_cond, progress=progress, callback=callback)
     if batch_size is None or batch <= batch_size:
-        return _integrate(model, path, x, prediction, method, g, opts, generator=generator, **kw)
+        return _integrate(model, path, x, prediction, method, g, opts, generator=generator, x_name="noise", **kw)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     _check_generator(generator, batch)
@@ -426,7 +436,7 @@ def sample(model, path: Path, noise: Tensor, *, prediction, method="euler", step
         hi = min(lo + batch_size, batch)
         gen = generator[lo:hi] if isinstance(generator, (list, tuple)) else generator
         kw_c = dict(kw, cond=_slice_cond(cond, lo, hi, batch), null_cond=_slice_cond(null_cond, lo, hi, batch))
-        res = _integrate(model, path, x[lo:hi], prediction, method, g, opts, generator=gen, **kw_c)
+        res = _integrate(model, path, x[lo:hi], prediction, method, g, opts, generator=gen, x_name="noise", **kw_c)
         chunks.append(res.samples)
         nfe += res.nfe
     return SampleResult(samples=torch.cat(chunks), nfe=nfe, grid=g, method=method.value)
@@ -505,7 +515,7 @@ def invert(model, path: Path, data: Tensor, *, prediction, method="euler", steps
         arXiv:2011.13456, Appendix D.2 (encoding with the probability-flow ODE).
     """
     path = _check_path(path)
-    prediction = Prediction.parse(prediction)
+    prediction = _parse_prediction(prediction)
     method = Method.parse(method)
     opts = _check_options(method, method_options)
     if is_stochastic(method, opts):

@@ -91,7 +91,11 @@ def uniform_grid(steps: int, t_max: float = 1.0, t_min: float = 0.0) -> Tensor:
     """
     steps = _check_steps(steps)
     t_max, t_min = _check_interval(t_max, t_min)
-    return _finish(torch.linspace(t_max, t_min, steps + 1, dtype=torch.float64), t_max, t_min, "uniform_grid")
+    h = (t_min - t_max) / steps
+    grid = torch.tensor([t_max + i * h for i in range(steps)] + [t_min], dtype=torch.float64)
+    if steps > 1 and not bool((grid[1:] < grid[:-1]).all()):
+        raise ValueError(f"uniform_grid is not strictly decreasing in float64 for {steps} steps on [{t_min}, {t_max}]; use fewer steps")
+    return grid
 
 
 def _ve_sigma(path: Path, t: float) -> float:
@@ -275,9 +279,11 @@ def make_grid(kind, steps: int, path: Path, *, t_max: float | None = None, t_min
     ``"shifted"`` uses shift 3 (SD3's default); call :func:`shifted_grid` for another shift.
     """
     kind = Grid.parse(kind)
-    t_max, t_min = _path_interval(path, t_max, t_min)
     if kind is Grid.UNIFORM:
-        return uniform_grid(steps, t_max, t_min)
+        if not isinstance(path, Path):
+            raise TypeError(f"path must be a flowgen Path, got {type(path).__name__}")
+        return uniform_grid(steps, path.t_max if t_max is None else t_max, path.t_min if t_min is None else t_min)
+    t_max, t_min = _path_interval(path, t_max, t_min)
     if kind is Grid.KARRAS:
         return karras_grid(steps, path, t_max=t_max, t_min=t_min)
     if kind is Grid.LOG_SNR:

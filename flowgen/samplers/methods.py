@@ -82,8 +82,8 @@ class _Run:
         copy while recording."""
         key = tuple(times)
         if key not in self._tvecs:
-            tt = torch.tensor(times, dtype=torch.float64).to(dtype=self.dtype, device=self.device)
-            self._tvecs[key] = list(tt[:, None].expand(len(times), self.batch).contiguous().unbind(0))
+            tt = torch.tensor(times, dtype=self.dtype, device=self.device)
+            self._tvecs[key] = tt[:, None].expand(len(times), self.batch).contiguous().unbind(0)
         return self._tvecs[key]
 
     def linear(self, times, target: Prediction) -> tuple[list[float], list[float]]:
@@ -103,11 +103,15 @@ class _Run:
         return self._abl
 
     def singular(self, times, target: Prediction) -> Tensor:
+        if target is self.prediction:  # no conversion, nothing singular
+            return torch.zeros(len(times), dtype=torch.bool)
         t = times if isinstance(times, Tensor) else torch.tensor(times, dtype=torch.float64)
         return singular_for(self.path, t.to(torch.float64), self.prediction, target)
 
     def require(self, times, target: Prediction) -> None:
         """Raise ValueError if the model would be evaluated at a singular time."""
+        if target is self.prediction:
+            return
         bad = self.singular(times, target)
         if bool(bad.any()):
             t = times if isinstance(times, Tensor) else torch.tensor(times, dtype=torch.float64)
@@ -411,6 +415,9 @@ class Method(str, Enum):
     def parse(cls, value, name: str = "method") -> "Method":
         if isinstance(value, cls):
             return value
+        member = cls._value2member_map_.get(value) if isinstance(value, str) else None
+        if member is not None:
+            return member
         if isinstance(value, str):
             key = value.strip().lower().replace("-", "_").replace(" ", "_")
             key = _METHOD_ALIASES.get(key, key)
