@@ -6,7 +6,7 @@ the trajectory's point at ``t_min``; it satisfies ``f(x, t_min) = x`` exactly by
 2023, Sec. 3 / Appendix C, written in the path's variance-exploding frame ``σ̃ = σ/α``).
 
 **Time discretisation.** ``N`` times ``t_max = τ_0 > τ_1 > … > τ_{N−1} = t_min`` from EDM's
-ρ-schedule in ``σ̃`` (the samplers' :func:`~flowgen.samplers.grids.karras_grid` with ``N − 1``
+ρ-schedule in ``σ̃`` (the samplers' :func:`~flowgen.samplers.karras_grid` with ``N − 1``
 steps). A training pair is an adjacent interval ``(t, s) = (τ_j, τ_{j+1})``, ``t > s``
 (the paper's ``(t_{n+1}, t_n)``).
 
@@ -68,9 +68,7 @@ from ..objectives.objective import call_model
 from ..parameterization import Prediction
 from ..paths.base import Path
 from ..preconditioning import BoundaryConditioned
-from ..samplers.grids import karras_grid
-from ..samplers.methods import Method
-from ..samplers.steps import step
+from ..samplers import Method, karras_grid, step
 from ._common import DistillOutput, check_data, check_int, check_probability, randint, randn, resolve_teacher, time_dtype
 
 __all__ = [

@@ -34,8 +34,7 @@ from ..parameterization import Prediction
 from ..paths import path_from_config, path_to_config
 from ..paths.base import Path
 from ..preconditioning import BoundaryConditioned
-from ..samplers.api import sample
-from ..samplers.grids import check_grid, karras_grid
+from ..samplers import check_grid, karras_grid, sample
 from ._common import check_data, check_int
 from .consistency import _check_step_times, consistency_sample, default_t_max
 

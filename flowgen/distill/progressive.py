@@ -41,12 +41,10 @@ from .._validation import check_batch, check_same_shape, check_time, expand_like
 from ..objectives.metrics import get_metric
 from ..objectives.objective import call_model
 from ..objectives.weighting import UniformWeight, Weighting, get_weighting
-from ..parameterization import Prediction, convert_with_coefficients
+from ..parameterization import Prediction, convert_with_coefficients, singular_at
 from ..paths import path_to_config
 from ..paths.base import Path
-from ..samplers.adapters import singular_for
-from ..samplers.grids import Grid, check_grid, make_grid
-from ..samplers.steps import step
+from ..samplers import Grid, check_grid, make_grid, step
 from ._common import DistillOutput, check_data, check_int, randint, randn, resolve_teacher, time_dtype
 
 __all__ = [
@@ -283,7 +281,8 @@ class ProgressiveDistillation:
     def _check_grids(self) -> None:
         for who, pred, grid in (("teacher", self.teacher_prediction, self.teacher_grid[:-1]),
                                 ("student", self.student_prediction, self.student_grid[:-1])):
-            bad = singular_for(self.path, grid, pred, Prediction.DATA)
+            # a DDIM step needs the data and the noise implied by the prediction
+            bad = singular_at(self.path, grid, src=pred, dst=Prediction.DATA) | singular_at(self.path, grid, src=pred, dst=Prediction.NOISE)
             if bool(bad.any()):
                 tb = float(grid[bad.nonzero()[0, 0]])
                 raise ValueError(

@@ -52,10 +52,7 @@ from ..objectives.weighting import Weighting
 from ..parameterization import Prediction
 from ..paths import path_from_config, path_to_config
 from ..paths.base import Path
-from ..samplers.api import integrate, sample
-from ..samplers.grids import uniform_grid
-from ..samplers.methods import METHODS, Method
-from ..samplers.steps import step
+from ..samplers import METHODS, Method, integrate, sample, step, uniform_grid
 from ._common import DistillOutput, check_data, check_int, resolve_teacher, time_dtype
 
 __all__ = [

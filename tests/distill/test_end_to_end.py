@@ -25,7 +25,7 @@ from flowgen.distill import (
 from flowgen.metrics.distances import w2_squared
 from flowgen.nn import MLP
 from flowgen.paths import RectifiedFlow
-from flowgen.samplers.api import sample
+from flowgen.samplers import sample
 from flowgen.testing import GaussianMixture
 
 

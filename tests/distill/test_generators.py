@@ -23,7 +23,7 @@ from flowgen.distill import (
 from flowgen.nn import MLP
 from flowgen.paths import Cosine, RectifiedFlow
 from flowgen.preconditioning import BoundaryConditioned
-from flowgen.samplers.api import sample
+from flowgen.samplers import sample
 from flowgen.testing import GaussianData
 
 from _distill_helpers import F64, RandomLinearTeacher

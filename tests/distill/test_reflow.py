@@ -23,7 +23,7 @@ from flowgen.distill import (
     trajectory_stats,
 )
 from flowgen.paths import RectifiedFlow
-from flowgen.samplers.api import sample
+from flowgen.samplers import sample
 from flowgen.testing import GaussianData
 
 from _distill_helpers import F64
