@@ -91,7 +91,7 @@ def _shard_name(i: int) -> str:
 
 
 def _write_json_atomic(obj: dict, dest: str) -> None:
-    tmp = f"{dest}.{os.getpid()}.tmp"
+    tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.{os.getpid()}.tmp")
     with open(tmp, "w") as fh:
         json.dump(obj, fh, indent=1, sort_keys=True)
         fh.flush()
@@ -217,8 +217,9 @@ def generate_pairs(teacher, path: Path | None = None, *, num: int, batch_size: i
         )
     if old is None:
         _write_json_atomic(settings, os.path.join(out_dir, MANIFEST))
-    for stale in glob.glob(os.path.join(out_dir, ".pairs_*.tmp")):
-        os.unlink(stale)
+    for pattern in (".pairs_*.tmp", f".{MANIFEST}.*.tmp"):  # leftovers of a write killed midway
+        for stale in glob.glob(os.path.join(out_dir, pattern)):
+            os.unlink(stale)
     dev = torch.device("cpu") if device is None else torch.device(device)
     generated = []
     for i in range(settings["num_shards"]):
