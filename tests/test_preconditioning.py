@@ -158,3 +158,13 @@ def test_preconditioned_models_backpropagate_to_the_network():
         lin.zero_grad()
         wrapper(torch.randn(4, 3), torch.rand(4) * 0.9 + 0.05).pow(2).sum().backward()
         assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
+
+
+@given(path=fst.paths(), seed=fst.seeds())
+def test_boundary_condition_on_the_test_device(path, seed, device):
+    net = RandomNet(seed)
+    x = torch.randn(3, 2, 2, device=device)
+    t_min = torch.full((3,), path.t_min, device=device)
+    assert torch.equal(BoundaryConditioned(net, path)(x, t_min), x)
+    out = EDMPreconditioned(net, path)(x, torch.full((3,), path.t_max, device=device))
+    assert out.device == x.device and torch.isfinite(out).all()

@@ -53,6 +53,16 @@ class PathSample:
     d_sigma: Tensor
 
 
+def _log_sigmoid(x: Tensor) -> Tensor:
+    """``log σ(x) = −softplus(−x)``, exact to rounding (threshold far beyond where ``e^x`` matters).
+
+    Used instead of ``torch.nn.functional.logsigmoid``, whose CPU kernel opens a parallel region even
+    for a handful of elements: measured 3.5 ms per call on 3 elements on a busy 2-core machine, against
+    ~3 µs for ``softplus`` (``log_snr`` inverses run once per training step in ``LogNormalSigmaTime``).
+    """
+    return -torch.nn.functional.softplus(-x, beta=1.0, threshold=60.0)
+
+
 class Path(ABC):
     """Abstract affine probability path ``x_t = α(t)·data + σ(t)·noise``.
 

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Path
+from .base import Path, _log_sigmoid
 
 __all__ = ["RectifiedFlow", "Cosine", "VP", "EDM"]
 
@@ -135,7 +135,7 @@ class VP(Path):
     def _t_from_log_snr(self, lam):
         # log α² = logsigmoid(λ) = −½ Δβ t² − β_min t  → positive root of the quadratic
         db = self.beta_max - self.beta_min
-        c = torch.nn.functional.logsigmoid(lam)
+        c = _log_sigmoid(lam)
         return (-self.beta_min + torch.sqrt(self.beta_min**2 - 2.0 * db * c)) / db
 
     def _config(self):

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Path
+from .base import Path, _log_sigmoid
 
 __all__ = ["DiscreteDDPM"]
 
@@ -146,7 +146,7 @@ class DiscreteDDPM(Path):
 
     def _t_from_log_snr(self, lam):
         knots = self._knots_for(lam)
-        target = torch.nn.functional.logsigmoid(lam)  # log ᾱ
+        target = _log_sigmoid(lam)  # log ᾱ
         # knots decrease; find k with knots[k] >= target > knots[k+1]
         k = torch.searchsorted(-knots, -target.contiguous(), right=False) - 1
         k = torch.clamp(k, 0, self.num_steps - 1)

@@ -37,7 +37,8 @@ _STRATEGY_NAMES = (
     "path_cases",
 )
 
-__all__ = ["GaussianData", "GaussianMixture", "OracleModel", "strategies", *_STRATEGY_NAMES]
+# Only the eager names: ``from flowgen.testing import *`` must work without hypothesis too.
+__all__ = ["GaussianData", "GaussianMixture", "OracleModel"]
 
 
 def __getattr__(name: str):
@@ -49,4 +50,4 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | {"strategies", *_STRATEGY_NAMES})

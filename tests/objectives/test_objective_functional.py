@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flowgen.objectives import (
@@ -25,6 +25,8 @@ from flowgen.testing import GaussianData
 from flowgen.testing import strategies as fst
 
 F64 = torch.float64
+# the heaviest property tests run half the profile's examples (each example makes dozens of oracle/loss calls)
+HALF = settings(max_examples=max(5, settings().max_examples // 2))
 FAMILIES = sorted(fst.PATH_FAMILIES)
 WEIGHTINGS = [UniformWeight(), SNRWeight(), MinSNRWeight(5.0), EDMWeight(0.5)]
 
@@ -33,6 +35,7 @@ def _bshape(c, x):
     return c.reshape(-1, *([1] * (x.dim() - 1)))
 
 
+@HALF
 @pytest.mark.parametrize("family", FAMILIES)
 @given(data=st.data())
 def test_loss_is_exactly_zero_at_the_true_target(family, data):
@@ -49,6 +52,7 @@ def test_loss_is_exactly_zero_at_the_true_target(family, data):
                 assert torch.equal(loss, torch.zeros_like(loss)), (prediction, weighting, metric, loss)
 
 
+@HALF
 @pytest.mark.parametrize("family", FAMILIES)
 @given(data=st.data())
 def test_loss_value_is_the_weighted_mean_squared_error(family, data):

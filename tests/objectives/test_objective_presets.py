@@ -166,3 +166,17 @@ def test_objective_bad_input_names_the_argument():
         objectives.flow_matching(Cosine(), sigma_min=0.1)
     with pytest.raises(ValueError, match=r"num_steps"):
         Objective(RectifiedFlow(), "velocity", time="discrete")(model, torch.randn(2, 3))
+
+
+@pytest.mark.parametrize("name", ["ddpm", "rectified_flow", "flow_matching-ot", "flow_matching-sinkhorn-sigma_min", "edm"])
+def test_presets_on_the_test_device(name, device):
+    objective = PRESETS[name]()
+    torch.manual_seed(0)
+    net = TinyNet(6).to(device)
+    model = EDMPreconditioned(net, objective.path) if name == "edm" else net
+    data = torch.randn(8, 6, device=device)
+    out = objective.compute(model, data, generator=torch.Generator(device=device).manual_seed(3))
+    again = objective.compute(model, data, generator=torch.Generator(device=device).manual_seed(3))
+    assert out.loss.device == data.device and torch.isfinite(out.loss)
+    assert torch.equal(out.loss, again.loss) and out.t.device == data.device
+    out.loss.backward()

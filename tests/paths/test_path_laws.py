@@ -274,3 +274,20 @@ def test_affine_path_config_is_refused_but_repr_works():
     with pytest.raises(TypeError, match="AffinePath"):
         path_to_config(path)
     assert repr(path).startswith("AffinePath(")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@given(data=st.data())
+def test_paths_on_the_test_device(family, data, device):
+    """Every path evaluates on the --device device, in its dtype, and agrees with the CPU."""
+    path = _draw_path(data, family)
+    t = data.draw(fst.times(path, 5, margin=1e-3, dtype=F64), label="t")
+    td = t.to(device)
+    for name in ("alpha", "sigma", "d_alpha", "d_sigma", "log_snr"):
+        out = getattr(path, name)(td)
+        assert out.device == td.device and out.dtype == F64
+        torch.testing.assert_close(out.cpu(), getattr(path, name)(t), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(path.t_from_log_snr(path.log_snr(td)).cpu(), t, rtol=0, atol=1e-8)
+    x0 = torch.randn(5, 3, dtype=torch.float32, device=device)
+    out = path.sample(data=x0, noise=torch.randn_like(x0), t=td.float())
+    assert out.x_t.device == x0.device and out.x_t.dtype == torch.float32

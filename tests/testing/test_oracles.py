@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flowgen.parameterization import Prediction, convert
@@ -16,6 +16,8 @@ from flowgen.testing import GaussianData, GaussianMixture
 from flowgen.testing import strategies as fst
 
 F64 = torch.float64
+# the heaviest property tests run half the profile's examples (each example makes dozens of oracle/loss calls)
+HALF = settings(max_examples=max(5, settings().max_examples // 2))
 
 
 def _gaussian(seed: int, event=(3,)) -> GaussianData:
@@ -43,6 +45,7 @@ def _scalar_time(data, path, margin=1e-2) -> float:
     return float(data.draw(fst.times(path, 1, margin=margin, dtype=F64), label="t")[0])
 
 
+@HALF
 @given(fst.paths(), _oracles(), st.data())
 def test_score_is_the_gradient_of_the_marginal_log_density(path, oracle, data):
     t = _scalar_time(data, path)
@@ -68,6 +71,7 @@ def test_marginal_at_t0_is_the_blurred_data_when_sigma_min_is_positive():
     torch.testing.assert_close(oracle.log_prob(x), torch.distributions.MultivariateNormal(oracle.mean, oracle.cov).log_prob(x))
 
 
+@HALF
 @given(fst.paths(), _oracles(), st.data())
 def test_predictions_of_every_kind_are_one_posterior(path, oracle, data):
     t = data.draw(fst.times(path, 4, margin=1e-2, dtype=F64), label="t")
