@@ -17,6 +17,11 @@ settings.register_profile(
 settings.register_profile("dev", max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
+# The suite's tensors are tiny; on small shared machines torch's intra-op thread pool costs far
+# more than it saves (a (256, 2) @ (2, 2) matmul measured tens of ms with 2 threads under load,
+# microseconds with 1). One thread is also deterministic. FLOWGEN_TEST_THREADS overrides it.
+torch.set_num_threads(int(os.environ.get("FLOWGEN_TEST_THREADS", "1")))
+
 
 def pytest_addoption(parser):
     parser.addoption("--device", default="cpu", help="torch device the tests run on (cpu, cuda, cuda:1, ...)")
