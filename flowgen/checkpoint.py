@@ -486,13 +486,12 @@ def make_metadata(
     return meta
 
 
-def read_metadata(checkpoint, *, require: tuple[str, ...] = ("path", "prediction")) -> dict:
+def read_metadata(checkpoint, *, require: tuple[str, ...] = ("path", "prediction"), name: str | None = None) -> dict:
     """The flowgen metadata of a checkpoint (a dict or a file name), checked for ``require`` keys.
 
     Raises:
         MissingMetadataError: naming the file and the missing keys (e.g. a checkpoint without path metadata).
     """
-    name = None
     if not isinstance(checkpoint, dict):
         name = os.fspath(checkpoint)
         checkpoint = safe_load(name)
@@ -555,7 +554,7 @@ def load_generator(
     name = None if isinstance(checkpoint, dict) else os.fspath(checkpoint)
     ckpt = checkpoint if isinstance(checkpoint, dict) else safe_load(name, map_location=map_location)
     where = f"checkpoint {name!r}" if name else "checkpoint"
-    meta = read_metadata(ckpt, require=("path", "prediction") + (() if model is not None else ("model",)))
+    meta = read_metadata(ckpt, require=("path", "prediction") + (() if model is not None else ("model",)), name=name)
     path = path_from_config(meta["path"])
     prediction = Prediction.parse(meta["prediction"])
     if weights not in ("ema", "online"):
