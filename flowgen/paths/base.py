@@ -7,7 +7,7 @@ Math (one convention everywhere): ``t ∈ [0, 1]``, ``t = 0`` is data and ``t = 
     \frac{dx_t}{dt} = \alpha'(t)\,\text{data} + \sigma'(t)\,\text{noise}, \qquad
     \lambda(t) = 2\log\frac{\alpha(t)}{\sigma(t)}.
 
-Invariants every path keeps (checked by ``tests/paths/test_laws.py`` over all paths):
+Invariants every path keeps (checked by ``tests/paths/test_path_laws.py`` over all paths):
 
 * ``alpha`` and ``sigma`` are finite and non-negative on ``[0, 1]``;
 * the log-SNR ``λ`` is strictly decreasing where ``α, σ > 0`` (it may be ``+inf`` where

@@ -1,9 +1,9 @@
 r"""Hypothesis strategies for property-testing paths, predictions and models.
 
 Users import them to check their own schedules and models against the same laws flowgen's
-own test suite checks (``tests/paths/test_laws.py``)::
+own test suite checks (``tests/paths/test_path_laws.py``)::
 
-    from hypothesis import given
+    from hypothesis import given, strategies as st
     from flowgen.testing import strategies as fst
 
     @given(fst.paths(), fst.batch_shapes(), fst.predictions(), data=st.data())
