@@ -199,12 +199,9 @@ class FlowModule(pl.LightningModule):
         self.last_reference: Tensor | None = None
         self.last_metrics: dict[str, float] = {}
         self._pending_rng: dict | None = None
-        self._ema_host_step: int | None = None
-        self._loss_acc: Tensor | None = None
-        self._loss_n = 0
+        self._hot = {"loss_sum": None, "loss_n": 0, "skipped": False, "ema_step": None}
         self._step_dev: Tensor | None = None
         self._first_bad: Tensor | None = None
-        self._skipped_this_step = False
         self._val_ref: list[Tensor] = []
         self._val_labels: list[Tensor] = []
         self._val_loss: list[Tensor] = []
@@ -262,29 +259,36 @@ class FlowModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int):
         data, labels = _unpack(batch)
+        hot = self._hot  # plain dict: per-step state without nn.Module.__setattr__ costs
         if self.data_shape is None:
             self.data_shape = tuple(data.shape[1:])
-        out = self.objective.compute(self.model, data, self._cond(labels))
+        out = self.objective.compute(self.model, data, self._cond(labels) if self.class_cond else None)
         loss = out.loss
-        self._skipped_this_step = False
         detached = loss.detach()
-        if self.skip_nonfinite or detached.device.type == "cpu":
-            if not bool(torch.isfinite(detached)):
-                if not self.skip_nonfinite:
-                    self._raise_nonfinite(self.global_step, detached)
-                self.skipped_nonfinite += 1
-                self._skipped_this_step = True
-                self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), on_step=True, on_epoch=False, batch_size=data.shape[0])
-                return None
-        else:
+        hot["skipped"] = False
+        if detached.device.type == "cpu":  # a host read is free here: check and accumulate on the host
+            value = detached.item()
+            finite = math.isfinite(value)
+        elif self.skip_nonfinite:  # must decide before the optimizer step: one device sync
+            value, finite = detached, bool(torch.isfinite(detached))
+        else:  # recorded on the device, checked when logs/checkpoints/validation need the host anyway
             self._track_nonfinite(detached)
-        self._loss_acc = detached if self._loss_acc is None else self._loss_acc + detached
-        self._loss_n += 1
+            value, finite = detached, True
+        if not finite:
+            if not self.skip_nonfinite:
+                self._raise_nonfinite(self.global_step, detached)
+            self.skipped_nonfinite += 1
+            hot["skipped"] = True
+            self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), on_step=True, on_epoch=False,
+                     batch_size=data.shape[0])
+            return None
+        hot["loss_sum"] = value if hot["loss_sum"] is None else hot["loss_sum"] + value
+        hot["loss_n"] += 1
         if self._should_log():
             self._check_deferred_nonfinite()
-            self.log("train/loss", self._loss_acc / self._loss_n, on_step=True, on_epoch=False, prog_bar=True,
+            self.log("train/loss", hot["loss_sum"] / hot["loss_n"], on_step=True, on_epoch=False, prog_bar=True,
                      batch_size=data.shape[0])
-            self._loss_acc, self._loss_n = None, 0
+            hot["loss_sum"], hot["loss_n"] = None, 0
         return loss
 
     def _should_log(self) -> bool:
@@ -316,20 +320,21 @@ class FlowModule(pl.LightningModule):
 
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
-        if self.ema is not None and not self._skipped_this_step:
+        if self.ema is not None and not self._hot["skipped"]:
             self._update_ema()
 
     def _update_ema(self) -> None:
         """ema-pytorch's ``update()``, skipping its host reads on the steps where it would only count."""
-        ema = self.ema
-        if self._ema_host_step is None:
-            self._ema_host_step = int(ema.step)
-        s = self._ema_host_step
-        if s == 0 or s % ema.update_every == 0 or not bool(ema.initted):
+        ema, hot = self.ema, self._hot
+        s = hot["ema_step"]
+        if s is None:
+            s = int(ema.step)
+        if s == 0 or s % ema.update_every == 0 or not hot.get("ema_initted"):
             ema.update()
+            hot["ema_initted"] = True
         else:
             ema.step.add_(1)
-        self._ema_host_step = s + 1
+        hot["ema_step"] = s + 1
 
     # ------------------------------------------------------------------ hooks: fit / resume
     def on_train_start(self) -> None:
@@ -340,7 +345,8 @@ class FlowModule(pl.LightningModule):
             # give every rank its own stream of times and noise (same base seed on all ranks otherwise)
             torch.manual_seed((torch.initial_seed() + 7919 * self.trainer.global_rank) % (2**63))
         if self.ema is not None:
-            self._ema_host_step = int(self.ema.step)
+            self._hot["ema_step"] = int(self.ema.step)
+            self._hot["ema_initted"] = bool(self.ema.initted)
         self._step_dev = None
 
     def on_train_end(self) -> None:
@@ -384,7 +390,7 @@ class FlowModule(pl.LightningModule):
         self.skipped_nonfinite = int(meta.get("skipped_nonfinite", 0) or 0)
         if meta.get("data_shape") is not None:
             self.data_shape = tuple(meta["data_shape"])
-        self._ema_host_step = None
+        self._hot["ema_step"] = None
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
@@ -415,8 +421,9 @@ class FlowModule(pl.LightningModule):
             metrics.update(self._metrics(samples, ref[:n]))
             metrics["val/nfe"] = float(result.nfe)
         self.last_metrics = metrics
+        sync = self.trainer.world_size > 1  # every rank computes the same numbers; the mean keeps them
         for k, v in metrics.items():
-            self.log(k, v, on_step=False, on_epoch=True, prog_bar=k in ("val/w2", "val/fd"), batch_size=n)
+            self.log(k, v, on_step=False, on_epoch=True, prog_bar=k in ("val/w2", "val/fd"), batch_size=n, sync_dist=sync)
 
     def _default_metrics(self, shape) -> list[str]:
         if self.val_metrics is not None:
@@ -437,6 +444,12 @@ class FlowModule(pl.LightningModule):
             from ..metrics import mmd
 
             out["val/mmd"] = float(mmd(s.flatten(1), r.flatten(1)))
+        if "fd" in names or "coverage" in names:
+            # the classifier trains (and caches) on first use; Lightning validates under inference mode
+            from ..metrics.classifier import pretrained_digits_classifier
+
+            with torch.inference_mode(False), torch.enable_grad():
+                pretrained_digits_classifier()
         if "fd" in names:
             from ..metrics import digits_frechet_distance
 
