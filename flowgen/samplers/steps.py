@@ -35,7 +35,7 @@ _STEP_METHODS = (Method.EULER, Method.HEUN, Method.MIDPOINT, Method.RK4, Method.
 def _as_times(v, name: str, batch: int, device) -> Tensor:
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         v = torch.full((batch,), float(v), dtype=torch.float64, device=device)
-    check_time(v, name, batch=batch)
+    check_time(v, name, batch=batch, device=device)
     return v
 
 

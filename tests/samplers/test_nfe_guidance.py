@@ -116,3 +116,14 @@ def test_guided_sampling_counts_one_call_per_evaluation():
     out = sample(model, path, torch.randn(4, 2, dtype=torch.float64), prediction="velocity", method="heun", steps=3,
                  cond=torch.zeros(4, dtype=torch.long), guidance_scale=3.0, null_cond=1)
     assert model.calls == 6 and out.nfe == 12 and set(model.batches) == {8}
+
+
+def test_callback_sees_every_step_and_progress_bar_runs():
+    orc = oracle()
+    path = VP()
+    seen = []
+    out = sample(orc.model(path, "noise"), path, torch.randn(3, 2, dtype=torch.float64), prediction="noise", method="heun",
+                 steps=5, progress=True, callback=lambda i, t, x: seen.append((i, t, x.clone())))
+    assert [i for i, _, _ in seen] == list(range(5))
+    assert [t for _, t, _ in seen] == out.grid[1:].tolist()
+    torch.testing.assert_close(seen[-1][2], out.samples)
