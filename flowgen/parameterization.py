@@ -34,12 +34,13 @@ References:
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 
 import torch
 from torch import Tensor
 
-from ._validation import check_batch, check_same_shape, check_time, coefficient_dtype, expand_like
+from ._validation import check_batch, check_finite, check_same_shape, check_time, coefficient_dtype, expand_like
 from .paths.base import Path
 
 __all__ = ["Prediction", "convert", "to_data_noise", "from_data_noise", "singular_at", "prediction_error_scale"]
@@ -121,10 +122,55 @@ def _check_pair(x: Tensor, x_name: str, x_t: Tensor, t: Tensor, x_t_name: str = 
     check_batch(x, x_name)
     check_batch(x_t, x_t_name)
     check_same_shape(x, x_t, x_name, x_t_name)
-    check_time(t, "t", batch=x_t.shape[0])
+    check_time(t, "t", batch=x_t.shape[0], device=x_t.device)
 
 
 # --- public API ---------------------------------------------------------------------------
+def _check_result(outs: tuple[Tensor, ...], inputs: tuple[tuple[str, Tensor], ...], t: Tensor, path: Path, what: str,
+                  singular=None) -> None:
+    """Raise ValueError naming the cause if a result holds NaN/Inf; one reduction when all is well.
+
+    The cause is a non-finite input (named), a time where the computation divides by zero or by an
+    infinite derivative (named ``t``, with α and σ there; ``singular(t64) → bool (1,)`` decides, by
+    default a non-finite α, σ, α' or σ'), or else an overflow of the dtype.
+    """
+    ok = torch.isfinite(outs[0]).all()
+    for o in outs[1:]:
+        ok = ok & torch.isfinite(o).all()
+    if bool(ok):
+        return
+    for name, x in inputs:
+        check_finite(x, name)
+    bad_rows = torch.zeros(t.shape[0], dtype=torch.bool, device=t.device)
+    for o in outs:
+        bad_rows |= ~torch.isfinite(o.reshape(o.shape[0], -1)).all(dim=1)
+    i = int(bad_rows.nonzero()[0, 0])
+    ti = t[i : i + 1].detach().to(torch.float64)
+    a, s, da, ds = (float(c[0]) for c in (path._alpha(ti), path._sigma(ti), path._d_alpha(ti), path._d_sigma(ti)))
+    coefs = (a, s, da, ds)
+    is_singular = any(not math.isfinite(c) for c in coefs) or (singular is not None and bool(singular(ti)[0]))
+    if is_singular:
+        raise ValueError(
+            f"{what} is singular at t={float(ti[0]):.6g} on {type(path).__name__} (alpha={a:.4g}, sigma={s:.4g}, "
+            f"alpha'={da:.4g}, sigma'={ds:.4g}): it divides by zero or by an infinite derivative there; "
+            f"use t inside [t_min, t_max] = [{path.t_min:.6g}, {path.t_max:.6g}] away from the singular end"
+        )
+    names = ", ".join(name for name, _ in inputs)
+    raise ValueError(
+        f"{what} overflowed in {outs[0].dtype} at t={float(ti[0]):.6g}: {names} are finite but too large for it; "
+        "rescale them or compute in a wider dtype"
+    )
+
+
+def _target_singular(path: Path, t: Tensor, dst: Prediction) -> Tensor:
+    """Where the ``dst`` target ``from_data_noise`` is infinite: the score at ``σ = 0``, the velocity where a derivative diverges."""
+    if dst is Prediction.SCORE:
+        return path._sigma(t) == 0
+    if dst is Prediction.VELOCITY:
+        return ~(torch.isfinite(path._d_alpha(t)) & torch.isfinite(path._d_sigma(t)))
+    return torch.zeros_like(t, dtype=torch.bool)
+
+
 def to_data_noise(pred: Tensor, *, src, x_t: Tensor, t: Tensor, path: Path) -> tuple[Tensor, Tensor]:
     """Recover ``(data, noise)`` implied by a prediction at ``x_t``.
 
@@ -137,20 +183,35 @@ def to_data_noise(pred: Tensor, *, src, x_t: Tensor, t: Tensor, path: Path) -> t
 
     Returns:
         ``(data, noise)``, each ``(B, *D)`` in ``pred``'s dtype.
+
+    Raises:
+        ValueError: bad shapes or ``t``, NaN/Inf in ``pred`` or ``x_t``, or a ``t`` where the
+            conversion is singular (see :func:`singular_at`).
     """
     src = Prediction.parse(src, "src")
     _check_pair(pred, "pred", x_t, t)
     coefs = _coefficients(path, t, pred)
     data, noise = _to_data_noise(pred, src, x_t, *coefs)
-    return data.to(pred.dtype), noise.to(pred.dtype)
+    data, noise = data.to(pred.dtype), noise.to(pred.dtype)
+    _check_result((data, noise), (("pred", pred), ("x_t", x_t)), t, path, f"the conversion from {src.value!r} to (data, noise)",
+                  lambda tt: _singular_at(path, tt, src, Prediction.DATA) | _singular_at(path, tt, src, Prediction.NOISE))
+    return data, noise
 
 
 def from_data_noise(*, data: Tensor, noise: Tensor, dst, t: Tensor, path: Path) -> Tensor:
-    """The value of prediction ``dst`` for given ``data`` and ``noise`` at ``t``: a training target. ``(B, *D)``."""
+    """The value of prediction ``dst`` for given ``data`` and ``noise`` at ``t``: a training target. ``(B, *D)``.
+
+    Raises:
+        ValueError: bad shapes or ``t``, NaN/Inf in ``data`` or ``noise``, or a ``t`` where ``dst``
+            is infinite (the score at ``σ = 0``, the velocity where a derivative diverges).
+    """
     dst = Prediction.parse(dst, "dst")
     _check_pair(data, "data", noise, t, "noise")
     coefs = _coefficients(path, t, data)
-    return _from_data_noise(data, noise, dst, *coefs).to(data.dtype)
+    out = _from_data_noise(data, noise, dst, *coefs).to(data.dtype)
+    _check_result((out,), (("data", data), ("noise", noise)), t, path, f"the {dst.value!r} target",
+                  lambda tt: _target_singular(path, tt, dst))
+    return out
 
 
 def convert(pred: Tensor, *, src, dst, x_t: Tensor, t: Tensor, path: Path) -> Tensor:
@@ -166,18 +227,40 @@ def convert(pred: Tensor, *, src, dst, x_t: Tensor, t: Tensor, path: Path) -> Te
     Returns:
         ``(B, *D)`` in ``pred``'s dtype. Exact (closed form) away from the singular points
         listed in the module docstring; see :func:`singular_at`.
+
+    Raises:
+        ValueError: bad shapes or ``t``, NaN/Inf in ``pred`` or ``x_t``, or a ``t`` where the
+            conversion is singular (the message names ``t`` and the path's α, σ there).
     """
     src, dst = Prediction.parse(src, "src"), Prediction.parse(dst, "dst")
     _check_pair(pred, "pred", x_t, t)
     if src is dst:
+        check_finite(pred, "pred")
         return pred
     coefs = _coefficients(path, t, pred)
-    return convert_with_coefficients(pred, src, dst, x_t, *coefs).to(pred.dtype)
+    out = convert_with_coefficients(pred, src, dst, x_t, *coefs).to(pred.dtype)
+    _check_result((out,), (("pred", pred), ("x_t", x_t)), t, path, f"the conversion {src.value!r} -> {dst.value!r}",
+                  lambda tt: _singular_at(path, tt, src, dst))
+    return out
 
 
 def singular_at(path: Path, t: Tensor, *, src, dst) -> Tensor:
-    """Boolean ``(B,)``: where converting ``src → dst`` divides by zero (or by an infinite derivative)."""
+    """Boolean ``(B,)``: where converting ``src → dst`` divides by zero (or by an infinite derivative).
+
+    Args:
+        path: the path.
+        t: ``(B,)`` times in ``[0, 1]``.
+        src, dst: :class:`Prediction` members (or their values).
+    """
+    if not isinstance(path, Path):
+        raise TypeError(f"path must be a flowgen Path, got {type(path).__name__}")
     src, dst = Prediction.parse(src, "src"), Prediction.parse(dst, "dst")
+    check_time(t, "t")
+    return _singular_at(path, t, src, dst)
+
+
+def _singular_at(path: Path, t: Tensor, src: Prediction, dst: Prediction) -> Tensor:
+    """:func:`singular_at` without argument checks (samplers' precomputation on validated grids)."""
     t = t.to(coefficient_dtype(t))
     if src is dst:
         return torch.zeros_like(t, dtype=torch.bool)
@@ -213,7 +296,15 @@ def prediction_error_scale(path: Path, t: Tensor, prediction) -> Tensor:
     References:
         Hang et al. 2023, arXiv:2303.09556, Sec. 3.4 (the same weight in ε, x0 and v form).
     """
+    if not isinstance(path, Path):
+        raise TypeError(f"path must be a flowgen Path, got {type(path).__name__}")
     prediction = Prediction.parse(prediction)
+    check_time(t, "t")
+    return _prediction_error_scale(path, t, prediction)
+
+
+def _prediction_error_scale(path: Path, t: Tensor, prediction: Prediction) -> Tensor:
+    """:func:`prediction_error_scale` without argument checks (loss weightings on validated times)."""
     t = t.to(coefficient_dtype(t))
     a, s = path._alpha(t), path._sigma(t)
     if prediction is Prediction.DATA:

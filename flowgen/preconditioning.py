@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._validation import coefficient_dtype, expand_like
+from ._validation import check_model_call, check_positive, check_time, coefficient_dtype, expand_like
 from .paths.base import Path
 
 __all__ = ["edm_coefficients", "consistency_coefficients", "EDMPreconditioned", "BoundaryConditioned"]
@@ -50,12 +50,21 @@ def _alpha_sigma(path: Path, t: Tensor) -> tuple[Tensor, Tensor]:
     return path._alpha(t), path._sigma(t)
 
 
+def _check_path(path) -> Path:
+    if not isinstance(path, Path):
+        raise TypeError(f"path must be a flowgen Path, got {type(path).__name__}")
+    return path
+
+
 def edm_coefficients(path: Path, t: Tensor, *, sigma_data: float = 0.5) -> tuple[Tensor, Tensor, Tensor]:
     """EDM's ``(c_skip, c_out, c_in)`` at ``t`` ``(B,)`` in the path's VE frame; each ``(B,)``. ``c_in`` acts on ``x_t/α``.
 
     Written with ``σ̃ = σ/α`` multiplied through by ``α`` (``c_skip = σ_d²α²/(σ² + σ_d²α²)``, …), which is
     Table 1 verbatim when ``α = 1`` and finite where ``α = 0``.
     """
+    _check_path(path)
+    check_time(t, "t")
+    sigma_data = check_positive(sigma_data, "sigma_data")
     a, s = _alpha_sigma(path, t)
     sd2 = sigma_data**2
     norm2 = s * s + sd2 * a * a  # α²(σ̃² + σ_d²)
@@ -65,6 +74,20 @@ def edm_coefficients(path: Path, t: Tensor, *, sigma_data: float = 0.5) -> tuple
 
 def consistency_coefficients(path: Path, t: Tensor, *, t_min: float, sigma_data: float = 0.5) -> tuple[Tensor, Tensor, Tensor]:
     """Boundary-condition ``(c_skip, c_out, c_in)``: ``c_skip(t_min) = 1``, ``c_out(t_min) = 0`` exactly. Each ``(B,)``."""
+    _check_path(path)
+    check_time(t, "t")
+    _check_t_min(t_min)
+    sigma_data = check_positive(sigma_data, "sigma_data")
+    return _consistency_coefficients(path, t, t_min=t_min, sigma_data=sigma_data)
+
+
+def _check_t_min(t_min) -> float:
+    if isinstance(t_min, bool) or not isinstance(t_min, (int, float)) or not (0.0 <= t_min < 1.0):
+        raise ValueError(f"t_min must be a number in [0, 1), got {t_min!r}")
+    return float(t_min)
+
+
+def _consistency_coefficients(path: Path, t: Tensor, *, t_min: float, sigma_data: float) -> tuple[Tensor, Tensor, Tensor]:
     s = _ve_sigma(path, t)
     s_min = _ve_sigma(path, torch.full_like(t, t_min))
     d = s - s_min  # exactly 0 at t = t_min
@@ -83,7 +106,11 @@ def _input_scale(path: Path, t: Tensor, sigma_data: float) -> Tensor:
 
 
 def _call(net: nn.Module, x: Tensor, t: Tensor, cond):
-    return net(x, t) if cond is None else net(x, t, cond)
+    out = net(x, t) if cond is None else net(x, t, cond)
+    if not isinstance(out, Tensor) or out.shape != x.shape:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"net output must be a tensor of the shape of x_t {tuple(x.shape)}, got {got}")
+    return out
 
 
 class EDMPreconditioned(nn.Module):
@@ -97,9 +124,12 @@ class EDMPreconditioned(nn.Module):
 
     def __init__(self, net: nn.Module, path: Path, sigma_data: float = 0.5):
         super().__init__()
-        self.net, self.path, self.sigma_data = net, path, float(sigma_data)
+        if not callable(net):
+            raise TypeError(f"net must be callable as net(x, t[, cond]), got {type(net).__name__}")
+        self.net, self.path, self.sigma_data = net, _check_path(path), check_positive(sigma_data, "sigma_data")
 
     def forward(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
+        check_model_call(x_t, t)
         a, s = _alpha_sigma(self.path, t)
         sd = self.sigma_data
         norm2 = s * s + sd * sd * a * a
@@ -122,11 +152,14 @@ class BoundaryConditioned(nn.Module):
 
     def __init__(self, net: nn.Module, path: Path, *, t_min: float | None = None, sigma_data: float = 0.5):
         super().__init__()
-        self.net, self.path, self.sigma_data = net, path, float(sigma_data)
-        self.t_min = float(path.t_min if t_min is None else t_min)
+        if not callable(net):
+            raise TypeError(f"net must be callable as net(x, t[, cond]), got {type(net).__name__}")
+        self.net, self.path, self.sigma_data = net, _check_path(path), check_positive(sigma_data, "sigma_data")
+        self.t_min = _check_t_min(path.t_min if t_min is None else t_min)
 
     def forward(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
-        c_skip, c_out, _ = consistency_coefficients(self.path, t, t_min=self.t_min, sigma_data=self.sigma_data)
+        check_model_call(x_t, t)
+        c_skip, c_out, _ = _consistency_coefficients(self.path, t, t_min=self.t_min, sigma_data=self.sigma_data)
         scaled = (expand_like(_input_scale(self.path, t, self.sigma_data), x_t) * x_t).to(x_t.dtype)
         out = _call(self.net, scaled, t, cond)
         return (expand_like(c_skip, x_t) * x_t + expand_like(c_out, x_t) * out).to(x_t.dtype)

@@ -17,6 +17,8 @@ References:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -27,8 +29,20 @@ __all__ = ["Coupling", "IndependentCoupling", "ExactOTCoupling", "SinkhornCoupli
 
 def pairwise_sq_dist(a: Tensor, b: Tensor) -> Tensor:
     """Squared Euclidean distances ``(B, B')`` between the rows of flattened ``a (B, *D)`` and ``b (B', *D)``."""
-    a2, b2 = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+    a2, b2 = a.reshape(a.shape[0], math.prod(a.shape[1:])), b.reshape(b.shape[0], math.prod(b.shape[1:]))
     return torch.cdist(a2, b2).pow(2)
+
+
+def _plan_cost(data: Tensor, noise: Tensor) -> Tensor:
+    """The squared-distance cost ``(B, B)`` in float32, divided by a common scale.
+
+    Both optimal-transport plans are invariant to a common scale of the cost (the assignment, and
+    Sinkhorn's kernel ``−cost/(reg·mean cost)``), and dividing the points by their largest magnitude
+    keeps the squares from overflowing float32 for data of large scale.
+    """
+    a, b = data.detach().float(), noise.detach().float()
+    scale = torch.maximum(a.abs().amax(), b.abs().amax()).clamp_min(1e-30) if a.numel() and b.numel() else 1.0
+    return pairwise_sq_dist(a / scale, b / scale)
 
 
 class Coupling:
@@ -53,7 +67,7 @@ class ExactOTCoupling(Coupling):
     """Exact minibatch OT: the permutation of ``noise`` minimising ``Σ_i ‖data_i − noise_π(i)‖²``."""
 
     def __call__(self, data, noise, generator=None):
-        cost = pairwise_sq_dist(data.detach().float(), noise.detach().float())
+        cost = _plan_cost(data, noise)
         _, cols = linear_sum_assignment(cost.cpu().numpy().astype(np.float64))
         return noise[torch.as_tensor(cols, device=noise.device)]
 
@@ -76,7 +90,7 @@ class SinkhornCoupling(Coupling):
 
     def plan(self, data: Tensor, noise: Tensor) -> Tensor:
         """Log of the entropic plan ``(B, B)`` with uniform marginals."""
-        cost = pairwise_sq_dist(data.detach().float(), noise.detach().float())
+        cost = _plan_cost(data, noise)
         kernel = -cost / (self.reg * cost.mean().clamp_min(1e-12))
         n, m = kernel.shape
         log_a = torch.full((n,), -float(np.log(n)), device=kernel.device)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_batch, check_same_shape, check_time, coefficient_dtype, expand_like
-from ..parameterization import Prediction, _from_data_noise
+from ..parameterization import Prediction, _check_result, _from_data_noise, _target_singular
 from ..paths.base import Path
 from .metrics import get_metric
 from .weighting import UniformWeight, Weighting, get_weighting
@@ -25,7 +25,10 @@ def prediction_target(*, data: Tensor, noise: Tensor, t: Tensor, path: Path, pre
     """The regression target of ``prediction`` for given data, noise and times. ``(B, *D)``."""
     prediction = Prediction.parse(prediction)
     _check_inputs(data, noise, t, path)
-    return _target(data, noise, t, path, prediction)
+    out = _target(data, noise, t, path, prediction)
+    _check_result((out,), (("data", data), ("noise", noise)), t, path, f"the {prediction.value!r} target",
+                  lambda tt: _target_singular(path, tt, prediction))
+    return out
 
 
 def _check_inputs(data, noise, t, path):
@@ -34,12 +37,18 @@ def _check_inputs(data, noise, t, path):
     check_batch(data, "data")
     check_batch(noise, "noise")
     check_same_shape(data, noise, "data", "noise")
-    check_time(t, "t", batch=data.shape[0])
+    check_time(t, "t", batch=data.shape[0], device=data.device)
 
 
 def _coefficients(path, t, like):
     """``(α, σ, α', σ')`` at ``t``, each broadcast against ``like`` ``(B, *D)``."""
     return tuple(expand_like(c, like) for c in (path._alpha(t), path._sigma(t), path._d_alpha(t), path._d_sigma(t)))
+
+
+def _loss_singular(path: Path, t: Tensor, prediction: Prediction, weighting: Weighting) -> Tensor:
+    """Where the loss of ``prediction`` under ``weighting`` is infinite or undefined: the target, or the weight."""
+    w = weighting(path, t, prediction)
+    return _target_singular(path, t, prediction) | ~torch.isfinite(w)
 
 
 def _target(data, noise, t, path, prediction, coefs=None):
@@ -75,13 +84,20 @@ def prediction_loss(
         ``(B,)`` per-sample losses (float32, or float64 for float64 input).
 
     Raises:
-        ValueError/TypeError: naming the argument for wrong shapes, dtypes or ``t`` out of range.
+        ValueError/TypeError: naming the argument for wrong shapes, dtypes or ``t`` out of range; a
+            non-finite loss is never returned: NaN/Inf in ``pred``, ``data`` or ``noise`` is named, a ``t``
+            where the target or the weighting is infinite (e.g. the score at ``σ = 0``) is named with
+            the path's α and σ there, and an overflow of the loss's dtype is reported as such.
     """
     prediction = Prediction.parse(prediction)
     _check_inputs(data, noise, t, path)
     check_batch(pred, "pred")
     check_same_shape(pred, data, "pred", "data")
-    return _loss(pred, data, noise, t, path, prediction, get_weighting(weighting or UniformWeight()), get_metric(metric))
+    weighting = get_weighting(weighting or UniformWeight())
+    out = _loss(pred, data, noise, t, path, prediction, weighting, get_metric(metric))
+    _check_result((out,), (("pred", pred), ("data", data), ("noise", noise)), t, path,
+                  f"the {prediction.value!r} loss (target or weighting)", lambda tt: _loss_singular(path, tt, prediction, weighting))
+    return out
 
 
 def _loss(pred, data, noise, t, path, prediction, weighting, metric, coefs=None):

@@ -63,7 +63,9 @@ class Objective:
         weighting: loss weighting (instance or name); uniform by default.
         coupling: noise–data coupling (instance or name); independent by default.
         metric: ``"l2"``, ``"pseudo_huber"`` or a callable ``(B, *D) → (B,)``.
-        check_finite: refuse data holding NaN/Inf (one reduction per call).
+        check_finite: one reduction per call on the loss: data holding NaN/Inf is refused (ValueError naming
+            ``data``) and a loss that overflows from finite data and model output is refused; a non-finite
+            model output gives a non-finite loss, returned as is so the training loop can stop or skip.
 
     Example:
         >>> import torch, flowgen
@@ -102,7 +104,13 @@ class Objective:
     def draw(self, data: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Draw ``(t, noise)`` for a data batch: ``t`` ``(B,)`` and coupled noise ``(B, *D)``."""
         check_batch(data, "data")
-        if self.check_finite:
+        if data.shape[0] == 0:
+            raise ValueError(f"data is an empty batch (shape {tuple(data.shape)}); the mean loss needs at least one sample")
+        if self.check_finite and data.device.type == "meta":
+            raise ValueError("data is a meta tensor (a shape without values) and cannot be checked; "
+                             "use check_finite=False to trace shapes")
+        # with the independent coupling the data is checked after the loss (compute), one reduction per call
+        if self.check_finite and not isinstance(self.coupling, IndependentCoupling):
             check_finite(data, "data")
         dtype = torch.float64 if data.dtype == torch.float64 else torch.float32
         t = self.time.sample(data.shape[0], path=self.path, generator=generator, device=data.device, dtype=dtype)
@@ -118,7 +126,17 @@ class Objective:
         x_t = (coefs[0] * data + coefs[1] * noise).to(data.dtype)
         pred = call_model(model, x_t, t, cond)
         per_sample = _loss(pred, data, noise, t, self.path, self.prediction, self.weighting, self.metric, coefs)
-        return ObjectiveOutput(loss=per_sample.mean(), per_sample=per_sample, t=t, noise=noise, x_t=x_t, pred=pred)
+        loss = per_sample.mean()
+        if self.check_finite and not bool(torch.isfinite(loss)):
+            check_finite(data, "data")
+            if bool(torch.isfinite(pred).all()):
+                raise ValueError(
+                    f"the loss overflowed in {per_sample.dtype} although data and the model output are finite; "
+                    "rescale the data (e.g. to unit variance) or train in float32/float64"
+                )
+            # a non-finite model output: the loss is returned as is, for the training loop to stop or skip
+            # (FlowModule names the step, or skips the batch with skip_nonfinite=True)
+        return ObjectiveOutput(loss=loss, per_sample=per_sample, t=t, noise=noise, x_t=x_t, pred=pred)
 
     def __call__(self, model, data: Tensor, cond=None, *, generator: torch.Generator | None = None) -> Tensor:
         """Differentiable scalar loss of ``model`` on a data batch ``(B, *D)``."""

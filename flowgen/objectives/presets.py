@@ -57,5 +57,5 @@ def edm(
     Pair it with :class:`~flowgen.preconditioning.EDMPreconditioned` so the network sees EDM's scaled inputs.
     """
     path = EDM() if path is None else path
-    sd = path.sigma_data if sigma_data is None and isinstance(path, EDM) else (sigma_data or 0.5)
+    sd = path.sigma_data if sigma_data is None and isinstance(path, EDM) else (0.5 if sigma_data is None else sigma_data)
     return Objective(path, Prediction.DATA, time=LogNormalSigmaTime(p_mean, p_std), weighting=EDMWeight(sd), **kwargs)

@@ -22,7 +22,7 @@ __all__ = ["TimeDistribution", "UniformTime", "LogitNormalTime", "DiscreteTime",
 
 
 def _check_batch_size(batch) -> int:
-    if not isinstance(batch, int) or batch < 0:
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 0:
         raise ValueError(f"batch must be a non-negative int, got {batch!r}")
     return batch
 

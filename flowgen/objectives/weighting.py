@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..parameterization import Prediction, prediction_error_scale
+from ..parameterization import Prediction, _prediction_error_scale
 from ..paths.base import Path
 
 __all__ = ["Weighting", "UniformWeight", "SNRWeight", "MinSNRWeight", "EDMWeight", "get_weighting"]
@@ -31,7 +31,7 @@ class Weighting:
         raise NotImplementedError
 
     def __call__(self, path: Path, t: Tensor, prediction: Prediction) -> Tensor:
-        return self.data_weight(path, t) / prediction_error_scale(path, t, prediction)
+        return self.data_weight(path, t) / _prediction_error_scale(path, t, Prediction.parse(prediction))
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -74,8 +74,8 @@ class EDMWeight(Weighting):
     """EDM's ``λ(σ̃) = (σ̃² + σ_d²)/(σ̃ σ_d)²`` on the data-space error, with ``σ̃ = σ/α``."""
 
     def __init__(self, sigma_data: float = 0.5):
-        if not (isinstance(sigma_data, (int, float)) and sigma_data > 0):
-            raise ValueError(f"sigma_data must be > 0, got {sigma_data!r}")
+        if isinstance(sigma_data, bool) or not (isinstance(sigma_data, (int, float)) and math.isfinite(sigma_data) and sigma_data > 0):
+            raise ValueError(f"sigma_data must be > 0 and finite, got {sigma_data!r}")
         self.sigma_data = float(sigma_data)
 
     def data_weight(self, path, t):

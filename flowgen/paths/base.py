@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._validation import check_batch, check_same_shape, check_time, coefficient_dtype, expand_like
+from .._validation import check_batch, check_finite, check_same_shape, check_time, coefficient_dtype, expand_like
 
 __all__ = ["Path", "PathSample"]
 
@@ -141,19 +141,30 @@ class Path(ABC):
         Raises:
             ValueError: if ``log_snr`` is NaN or outside the range of the path.
         """
-        if not isinstance(log_snr, Tensor) or not log_snr.is_floating_point() or log_snr.dim() != 1:
-            raise TypeError("log_snr must be a floating tensor of shape (B,)")
+        if not isinstance(log_snr, Tensor) or not log_snr.is_floating_point():
+            raise TypeError(f"log_snr must be a floating tensor of shape (B,), got {type(log_snr).__name__}"
+                            + (f" of dtype {log_snr.dtype}" if isinstance(log_snr, Tensor) else ""))
+        if log_snr.dim() != 1:  # a TypeError, as it always was for this method
+            raise TypeError(f"log_snr must be a floating tensor of shape (B,), got shape {tuple(log_snr.shape)}")
+        if log_snr.device.type == "meta":
+            raise ValueError("log_snr is a meta tensor (a shape without values); expected a tensor with values")
         if bool(torch.isnan(log_snr).any()):
             raise ValueError("log_snr holds NaN; expected values in the path's log-SNR range")
         lam = log_snr.to(coefficient_dtype(log_snr))
         ends = self._log_snr(torch.tensor([1.0, 0.0], dtype=lam.dtype, device=lam.device))
-        tol = 1e-6 * (1.0 + lam.abs())
+        # relative tolerance on finite values only: with |λ| = inf the tolerance would be inf and let any
+        # infinite λ through (e.g. λ = +inf on RectifiedFlow(sigma_min > 0), whose λ(0) is finite)
+        tol = 1e-6 * (1.0 + torch.where(torch.isfinite(lam), lam.abs(), torch.zeros_like(lam)))
         if bool(((lam < ends[0] - tol) | (lam > ends[1] + tol)).any()):
             raise ValueError(
                 f"log_snr must lie in the path's range [{float(ends[0]):.6g}, {float(ends[1]):.6g}], "
                 f"got values in [{float(lam.min()):.6g}, {float(lam.max()):.6g}]"
             )
-        return self._t_from_log_snr(lam).clamp(0.0, 1.0)
+        t = self._t_from_log_snr(lam)
+        # the ends exactly (closed forms can give inf/inf = NaN at λ = ±inf, e.g. rectified flow at λ(0) = +inf)
+        t = torch.where(lam >= ends[1], torch.zeros_like(t), t)
+        t = torch.where(lam <= ends[0], torch.ones_like(t), t)
+        return t.clamp(0.0, 1.0)
 
     def coefficients(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(α, σ, α', σ')`` at ``t``, each ``(B,)``; one validation for all four."""
@@ -174,8 +185,24 @@ class Path(ABC):
         check_batch(data, "data")
         check_batch(noise, "noise")
         check_same_shape(data, noise, "data", "noise")
-        check_time(t, "t", batch=data.shape[0])
-        return self._sample(data=data, noise=noise, t=t.to(coefficient_dtype(t, data)))
+        check_time(t, "t", batch=data.shape[0], device=data.device)
+        out = self._sample(data=data, noise=noise, t=t.to(coefficient_dtype(t, data)))
+        # one reduction on the result; the diagnosis below runs only when it fails
+        if not bool(torch.isfinite(out.x_t).all() & torch.isfinite(out.velocity).all()):
+            check_finite(data, "data")
+            check_finite(noise, "noise")
+            bad = ~(torch.isfinite(out.d_alpha) & torch.isfinite(out.d_sigma))
+            if bool(bad.any()):
+                tb = float(t[bad.nonzero()[0, 0]])
+                raise ValueError(
+                    f"t={tb:.6g} is where the velocity of {type(self).__name__} is infinite (alpha'(t) or sigma'(t) "
+                    f"diverges); draw t in [t_min, t_max] = [{self.t_min:.6g}, {self.t_max:.6g}]"
+                )
+            raise ValueError(
+                f"x_t or the velocity overflowed in {data.dtype} (data and noise are finite); "
+                "use a wider dtype such as float32 or rescale the data"
+            )
+        return out
 
     def _sample(self, *, data: Tensor, noise: Tensor, t: Tensor) -> PathSample:
         a, s, da, ds = self._alpha(t), self._sigma(t), self._d_alpha(t), self._d_sigma(t)

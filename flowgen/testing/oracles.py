@@ -52,7 +52,7 @@ class _Oracle:
         check_batch(x_t, "x_t")
         if tuple(x_t.shape[1:]) != self.event_shape:
             raise ValueError(f"x_t must have shape (B, {', '.join(map(str, self.event_shape))}), got {tuple(x_t.shape)}")
-        check_time(t, "t", batch=x_t.shape[0])
+        check_time(t, "t", batch=x_t.shape[0], device=x_t.device)
         return x_t.detach().reshape(x_t.shape[0], self.dim).to(torch.float64)
 
     def _unflat(self, y: Tensor, like: Tensor) -> Tensor:
@@ -170,7 +170,7 @@ class GaussianData(_Oracle):
     def flow_map(self, x_t: Tensor, *, t: Tensor, s: Tensor, path: Path) -> Tensor:
         """Exact probability-flow ODE solution from time ``t`` to time ``s`` (both ``(B,)``). ``(B, *D)``."""
         x = self._flat(x_t, t)
-        check_time(s, "s", batch=x.shape[0])
+        check_time(s, "s", batch=x.shape[0], device=x.device)
         at, st, _, _ = (c[:, None] for c in _coefs(path, t))
         as_, ss, _, _ = (c[:, None] for c in _coefs(path, s))
         lam = self.eigvals[None, :]
