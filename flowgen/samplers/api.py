@@ -159,7 +159,13 @@ def _check_state(x, name: str) -> Tensor:
     check_batch(x, name)
     if x.dim() < 2:
         raise ValueError(f"{name} must have shape (B, *D) with at least one event dimension, got shape {tuple(x.shape)}")
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor (a shape without values); samplers need a tensor with values")
     return x
+
+
+class _SolverFailure(Exception):
+    """The adaptive solver handed the field a non-finite time (its error estimate broke down)."""
 
 
 def _save_rng(generator, device) -> object:
@@ -221,7 +227,10 @@ def _adaptive_run(ev: _Evaluator, path: Path, prediction: Prediction, method: Me
     def field(t: Tensor, y: Tensor) -> Tensor:
         # Steps are clipped to land on t_stop (step_t below); only torchdiffeq's initial
         # step-size probe can fall outside the interval, and it is evaluated at the clamped time.
-        tf = min(max(float(t), lo), hi)
+        tf = float(t)
+        if not math.isfinite(tf):  # a NaN/Inf state makes torchdiffeq's step size NaN
+            raise _SolverFailure(f"the solver proposed t={tf} after {counter[0]} evaluations (its error estimate is not finite)")
+        tf = min(max(tf, lo), hi)
         counter[0] += 1
         tt = torch.tensor([tf], dtype=torch.float64)
         c_x, c_p = conversion_coefficients(path, tt, src=prediction, dst=Prediction.VELOCITY)
@@ -251,6 +260,8 @@ def _integrate(model, path: Path, x: Tensor, prediction: Prediction, method: Met
     spec = METHODS[method]
     _check_generator(generator, x.shape[0])
     ev = _Evaluator(model, cond=cond, guidance_scale=guidance_scale, null_cond=null_cond, batch=x.shape[0]).bind(x)
+    if x.shape[0] == 0:  # an empty batch: nothing to integrate (adaptive solvers cannot take a norm of nothing)
+        return SampleResult(samples=x.clone(), nfe=0, grid=grid, method=method.value)
     stochastic = is_stochastic(method, opts)
     saved = _save_rng(generator, x.device) if stochastic else None
     with torch.no_grad():
@@ -258,7 +269,7 @@ def _integrate(model, path: Path, x: Tensor, prediction: Prediction, method: Met
         if spec.adaptive:
             try:
                 out = _adaptive_run(ev, path, prediction, method, grid, x, opts)
-            except AssertionError as err:  # torchdiffeq asserts on a non-finite state or an underflowing step
+            except (AssertionError, _SolverFailure) as err:  # torchdiffeq asserts on a non-finite state or an underflowing step
                 out, failure = None, err
         else:
             run = _Run(ev, path, prediction, grid, x, method=method.value, generator=generator, progress=progress, callback=callback)
@@ -266,11 +277,12 @@ def _integrate(model, path: Path, x: Tensor, prediction: Prediction, method: Met
         if failure is not None or not bool(torch.isfinite(out).all()):
             check_finite(x, x_name)  # NaN/Inf given as input (checked here, off the happy path)
             _diagnose(model, path, x, prediction, method, grid, opts, cond=cond, guidance_scale=guidance_scale,
-                      null_cond=null_cond, generator=generator, saved=saved, failure=failure)
+                      null_cond=null_cond, generator=generator, saved=saved, failure=failure, x_name=x_name)
     return SampleResult(samples=out, nfe=ev.nfe, grid=grid, method=method.value)
 
 
-def _diagnose(model, path, x, prediction, method, grid, opts, *, cond, guidance_scale, null_cond, generator, saved, failure=None):
+def _diagnose(model, path, x, prediction, method, grid, opts, *, cond, guidance_scale, null_cond, generator, saved, failure=None,
+              x_name: str = "x"):
     """Repeat the run with per-step checks (same RNG state) and raise naming the step and t."""
     spec = METHODS[method]
     if saved is not None:
@@ -282,19 +294,19 @@ def _diagnose(model, path, x, prediction, method, grid, opts, *, cond, guidance_
         if not bool(torch.isfinite(state).all()):
             raise ValueError(
                 f"the sampler state became non-finite at step {i} (reaching t={t:.6g}) although the model outputs were finite; "
-                f"the update overflowed in {state.dtype} (try float32/float64 or a finer grid)"
+                f"the update overflowed in {state.dtype} (give {x_name} in float32/float64, or use a finer grid)"
             )
 
     if spec.adaptive:
         try:
             out = _adaptive_run(ev, path, prediction, method, grid, x, opts)
-        except AssertionError as err:
-            raise ValueError(f"{method.value} (torchdiffeq) failed: {err}") from None
+        except (AssertionError, _SolverFailure) as err:
+            raise ValueError(f"{method.value} (torchdiffeq) failed on {x_name} {tuple(x.shape)}: {err}") from None
     else:
         run = _Run(ev, path, prediction, grid, x, method=method.value, generator=generator, callback=check_state)
         out = spec.loop(run, x, opts)
     if failure is not None:
-        raise ValueError(f"{method.value} (torchdiffeq) failed: {failure}")
+        raise ValueError(f"{method.value} (torchdiffeq) failed on {x_name} {tuple(x.shape)}: {failure}")
     bad = int((~torch.isfinite(out)).sum())
     raise ValueError(f"{method.value} produced {bad} non-finite value(s); a rerun with per-step checks could not locate them (is the model deterministic?)")
 

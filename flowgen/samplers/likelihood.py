@@ -152,6 +152,12 @@ def log_likelihood(model, path: Path, data: Tensor, *, prediction, method="dopri
     batch = data.shape[0]
     work = torch.float64 if data.dtype == torch.float64 else torch.float32
     ev = _Evaluator(model, cond=cond, guidance_scale=guidance_scale, null_cond=null_cond, batch=batch).bind(data.to(work))
+    # likelihoods are not a hot loop (D backward passes per evaluation): check every model output, so a NaN is
+    # reported with its evaluation and t instead of derailing the adaptive solver
+    ev.check_each = True
+    if batch == 0:
+        empty = torch.zeros(0, dtype=work, device=data.device)
+        return LikelihoodResult(log_prob=empty, prior_log_prob=empty, delta=empty, latent=data.clone(), nfe=0)
     if divergence is Divergence.HUTCHINSON:
         shape = (num_probes, *data.shape)
         if probe == "rademacher":
@@ -173,6 +179,11 @@ def log_likelihood(model, path: Path, data: Tensor, *, prediction, method="dopri
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             v = velocity(t, x)
+            if not v.requires_grad:
+                raise ValueError(
+                    "log_likelihood needs the model output to be differentiable in x_t, but it carries no autograd graph "
+                    "(is the model run under torch.no_grad, detached, or constant in x_t?)"
+                )
             if divergence is Divergence.EXACT:
                 flat = v.reshape(batch, -1)
                 div = torch.zeros(batch, dtype=work, device=x.device)
@@ -189,14 +200,18 @@ def log_likelihood(model, path: Path, data: Tensor, *, prediction, method="dopri
 
     x0 = data.to(work)
     state0 = (x0, torch.zeros(batch, dtype=work, device=data.device))
-    if mname in fixed:
-        times = torch.linspace(t_lo, t_hi, steps + 1, dtype=work, device=data.device)
-        times[0], times[-1] = t_lo, t_hi
-        xs, deltas = odeint(field, state0, times, method=mname)
-    else:
-        times = torch.tensor([t_lo, t_hi], dtype=work, device=data.device)
-        xs, deltas = odeint(field, state0, times, method=mname, atol=atol, rtol=rtol,
-                            options={"step_t": torch.tensor([t_hi], dtype=work)})
+    try:
+        if mname in fixed:
+            times = torch.linspace(t_lo, t_hi, steps + 1, dtype=work, device=data.device)
+            times[0], times[-1] = t_lo, t_hi
+            xs, deltas = odeint(field, state0, times, method=mname)
+        else:
+            times = torch.tensor([t_lo, t_hi], dtype=work, device=data.device)
+            xs, deltas = odeint(field, state0, times, method=mname, atol=atol, rtol=rtol,
+                                options={"step_t": torch.tensor([t_hi], dtype=work)})
+    except AssertionError as err:  # torchdiffeq: a non-finite state or an underflowing step
+        raise ValueError(f"log_likelihood of data {tuple(data.shape)}: {mname} (torchdiffeq) failed: {err}; "
+                         "check the scale of data and the model") from None
     latent, delta = xs[-1], deltas[-1]
     if prior == "gaussian":
         sig = float(path._sigma(torch.tensor([t_hi], dtype=torch.float64))[0])
@@ -208,5 +223,8 @@ def log_likelihood(model, path: Path, data: Tensor, *, prediction, method="dopri
         prior_lp = prior_lp.to(work)
     log_prob = prior_lp + delta
     if not bool(torch.isfinite(log_prob).all()):
-        raise ValueError("log_likelihood produced non-finite values; check the model output and the interval [t_min, t_max]")
+        raise ValueError(
+            "log_likelihood produced non-finite values for data (the model outputs were finite: the ODE state or the "
+            "integrated divergence overflowed); check the scale of data, the model and the interval [t_min, t_max]"
+        )
     return LikelihoodResult(log_prob=log_prob, prior_log_prob=prior_lp, delta=delta, latent=latent.to(data.dtype), nfe=ev.nfe)

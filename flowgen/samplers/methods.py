@@ -305,8 +305,8 @@ def _dpm_solver_pp_2m(run: _Run, x: Tensor, opts: dict) -> Tensor:
     for i in range(n):
         if s[i] == 0.0:
             raise ValueError(
-                f"dpm_solver_pp_2m cannot step from t={ts[i]:.6g} where sigma = 0 (its update scales x by sigma_s/sigma_t); "
-                "start the grid where sigma > 0"
+                f"method 'dpm_solver_pp_2m' cannot step from t={ts[i]:.6g} where sigma = 0 (its update scales x by "
+                "sigma_s/sigma_t); start the grid where sigma > 0 (for invert: t_min > 0), or use another method"
             )
     tv = run.tvecs(ts[:-1])
     dx, dp = run.linear(grid[:-1], DATA)

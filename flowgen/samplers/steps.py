@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._validation import check_batch, check_time, expand_like
+from .._validation import check_batch, check_finite, check_time, expand_like
 from ..parameterization import Prediction
 from ..paths.base import Path
 from .adapters import _describe_singular, _Evaluator, conversion_coefficients, singular_for
@@ -45,11 +45,12 @@ class _Field:
     def __init__(self, ev: _Evaluator, path: Path, prediction: Prediction, x: Tensor):
         self.ev, self.path, self.prediction, self.x = ev, path, prediction, x
 
-    def check(self, t: Tensor, target: Prediction, what: str) -> None:
+    def check(self, t: Tensor, target: Prediction, what: str, name: str = "t") -> None:
         bad = singular_for(self.path, t.detach().to(torch.float64), self.prediction, target)
         if bool(bad.any()):
             tb = float(t[bad.nonzero()[0, 0]])
-            raise ValueError(f"{what}: refusing to evaluate the model at t={tb:.6g}, where " + _describe_singular(self.path, tb, self.prediction, target))
+            raise ValueError(f"{what}: refusing to evaluate the model at {name}={tb:.6g}, where "
+                             + _describe_singular(self.path, tb, self.prediction, target))
 
     def coef(self, t: Tensor, target: Prediction, like: Tensor) -> tuple[Tensor, Tensor]:
         c_x, c_p = conversion_coefficients(self.path, t.detach().to(torch.float64), src=self.prediction, dst=target)
@@ -85,8 +86,24 @@ def step(model, path: Path, x: Tensor, *, t, s, prediction, method="euler", cond
         ``(B, *D)`` the states at ``s``.
 
     Raises:
-        ValueError: a singular evaluation time, a bad shape, an unsupported method.
+        ValueError: a singular evaluation time, a bad shape, an unsupported method, NaN/Inf in ``x`` or a
+            non-finite result (a model output holding NaN/Inf, or an overflow).
     """
+    out = _step(model, path, x, t=t, s=s, prediction=prediction, method=method, cond=cond, guidance_scale=guidance_scale,
+                null_cond=null_cond, eta=eta, generator=generator)
+    # one reduction on the result; the diagnosis below runs only when it fails
+    if out.numel() and not bool(torch.isfinite(out).all()):
+        check_finite(x, "x")
+        raise ValueError(
+            f"{Method.parse(method).value} step produced non-finite values from a finite x: the model output "
+            f"(model(x, t)) holds NaN/Inf or the update overflowed {out.dtype}"
+        )
+    return out
+
+
+def _step(model, path: Path, x: Tensor, *, t, s, prediction, method="euler", cond=None, guidance_scale: float | None = None,
+          null_cond=None, eta: float = 0.0, generator=None) -> Tensor:
+    """:func:`step` without the final finiteness check (for losses, whose non-finite value the training loop handles)."""
     if not isinstance(path, Path):
         raise TypeError(f"path must be a flowgen Path, got {type(path).__name__}")
     prediction = Prediction.parse(prediction)
@@ -102,6 +119,8 @@ def step(model, path: Path, x: Tensor, *, t, s, prediction, method="euler", cond
     if method is not Method.DDIM and eta != 0.0:
         raise ValueError(f"eta is a ddim option; method {method.value!r} does not take it")
     ev = _Evaluator(model, cond=cond, guidance_scale=guidance_scale, null_cond=null_cond, batch=batch).bind(x)
+    if batch == 0:
+        return x.clone()
     f = _Field(ev, path, prediction, x)
     V = Prediction.VELOCITY
     t64, s64 = t.detach().to(torch.float64), s.detach().to(torch.float64)
@@ -134,7 +153,7 @@ def step(model, path: Path, x: Tensor, *, t, s, prediction, method="euler", cond
         return x + h * k1
     if method is Method.MIDPOINT:
         tm = 0.5 * (t64 + s64)
-        f.check(tm, V, "midpoint_step")
+        f.check(tm, V, "midpoint_step", "(t + s)/2")
         return x + h * f.get(x + 0.5 * h * k1, tm, V)
     if method is Method.HEUN:
         x1 = x + h * k1
@@ -147,8 +166,8 @@ def step(model, path: Path, x: Tensor, *, t, s, prediction, method="euler", cond
         return out
     # RK4
     tm = 0.5 * (t64 + s64)
-    f.check(tm, V, "rk4_step")
-    f.check(s64, V, "rk4_step")
+    f.check(tm, V, "rk4_step", "(t + s)/2")
+    f.check(s64, V, "rk4_step", "s")
     k2 = f.get(x + 0.5 * h * k1, tm, V)
     k3 = f.get(x + 0.5 * h * k2, tm, V)
     k4 = f.get(x + h * k3, s64, V)
