@@ -16,7 +16,7 @@ from .._validation import check_batch, check_finite
 from ..parameterization import Prediction
 from ..paths.base import Path
 
-__all__ = ["DistillOutput", "resolve_teacher", "check_data", "check_int", "check_probability"]
+__all__ = ["DistillOutput", "resolve_teacher", "check_data", "check_int", "check_probability", "check_model", "check_loss"]
 
 
 @dataclass(frozen=True)
@@ -133,3 +133,28 @@ def randint(high: int, size: int, *, device, generator: torch.Generator | None) 
     """Uniform integers in ``{0 … high − 1}`` ``(size,)``, drawn on the generator's device, then moved."""
     gen_dev = generator.device if generator is not None else torch.device("cpu")
     return torch.randint(0, high, (size,), generator=generator, device=gen_dev).to(device)
+
+
+def check_model(model, name: str) -> None:
+    """Raise TypeError unless ``model`` is callable as ``model(x_t, t[, cond])`` (the error names ``name``)."""
+    if not callable(model):
+        raise TypeError(f"{name} must be callable as {name}(x_t, t[, cond]), got {type(model).__name__}")
+
+
+def check_loss(per_sample: Tensor, outputs: tuple[Tensor, ...], inputs: tuple[tuple[str, Tensor], ...], t: Tensor, path: Path,
+               what: str, singular=None) -> None:
+    """One reduction on a distillation loss; if it is not finite, say why, unless a network caused it.
+
+    A non-finite network output (``outputs``: the student's prediction, the target network's value)
+    gives a non-finite loss, returned as is for the training loop to stop (naming the step) or skip.
+    Otherwise the cause is an input: NaN/Inf in one of ``inputs`` (named), a ``t`` where the target or
+    the weighting is infinite (``singular(t64)``; named with α and σ there), or an overflow — each a ValueError.
+    """
+    if bool(torch.isfinite(per_sample).all()):
+        return
+    for out in outputs:
+        if not bool(torch.isfinite(out).all()):
+            return
+    from ..parameterization import _check_result
+
+    _check_result((per_sample,), inputs, t, path, what, singular)

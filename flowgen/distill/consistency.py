@@ -62,14 +62,15 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_batch, check_same_shape, check_time, expand_like
+from .._validation import check_batch, check_finite, check_same_shape, check_time, expand_like
 from ..objectives.metrics import get_metric
 from ..objectives.objective import call_model
 from ..parameterization import Prediction
 from ..paths.base import Path
 from ..preconditioning import BoundaryConditioned
 from ..samplers import Method, karras_grid, step
-from ._common import DistillOutput, check_data, check_int, check_probability, randint, randn, resolve_teacher, time_dtype
+from ._common import (DistillOutput, check_data, check_int, check_loss, check_model, check_probability, randint, randn,
+                      resolve_teacher, time_dtype)
 
 __all__ = [
     "consistency_function",
@@ -432,6 +433,9 @@ def teacher_ode_step(teacher, path: Path, prediction, *, solver="heun") -> Calla
     References:
         Song et al. 2023, arXiv:2303.01469, Algorithm 2 (the ODE solver Φ).
     """
+    check_model(teacher, "teacher")
+    if not isinstance(path, Path):
+        raise TypeError(f"path must be a flowgen Path, got {type(path).__name__}")
     prediction = Prediction.parse(prediction)
     method = Method.parse(solver, "solver")
     if method not in (Method.EULER, Method.HEUN, Method.MIDPOINT, Method.RK4, Method.DDIM):
@@ -447,8 +451,8 @@ def teacher_ode_step(teacher, path: Path, prediction, *, solver="heun") -> Calla
 
 # --- the losses -----------------------------------------------------------------------------------
 def _check_pair_times(data: Tensor, t: Tensor, s: Tensor) -> None:
-    check_time(t, "t", batch=data.shape[0])
-    check_time(s, "s", batch=data.shape[0])
+    check_time(t, "t", batch=data.shape[0], device=data.device)
+    check_time(s, "s", batch=data.shape[0], device=data.device)
     if not bool((t > s).all()):
         raise ValueError("times must satisfy t > s for every sample (t is the noisier end of the interval)")
 
@@ -459,7 +463,11 @@ def _noisy(data: Tensor, noise: Tensor, t: Tensor, path: Path) -> Tensor:
     return expand_like(a, data).to(data.dtype) * data + expand_like(s, data).to(data.dtype) * noise
 
 
-def _consistency(student, target_net, *, x_t: Tensor, t: Tensor, x_s: Tensor, s: Tensor, metric, weight, cond) -> DistillOutput:
+def _consistency(student, target_net, *, x_t: Tensor, t: Tensor, x_s: Tensor, s: Tensor, metric, weight, cond,
+                 path: Path | None = None, inputs: tuple = ()) -> DistillOutput:
+    check_model(student, "student")
+    if target_net is not None:
+        check_model(target_net, "target_net")
     target_net = student if target_net is None else target_net
     pred, target = paired_passes(lambda: call_model(student, x_t, t, cond), lambda: call_model(target_net, x_s.detach(), s, cond),
                                  devices=rng_devices(x_t))
@@ -471,6 +479,8 @@ def _consistency(student, target_net, *, x_t: Tensor, t: Tensor, x_s: Tensor, s:
         if not isinstance(weight, Tensor) or weight.shape != per_sample.shape:
             raise ValueError(f"weight must be a tensor of shape {tuple(per_sample.shape)}, got {getattr(weight, 'shape', weight)!r}")
         per_sample = weight.to(per_sample.dtype) * per_sample
+    if path is not None:
+        check_loss(per_sample, (pred, target), inputs, t, path, "the consistency loss")
     return DistillOutput(loss=per_sample.mean(), per_sample=per_sample, t=t, x_t=x_t, pred=pred, target=target)
 
 
@@ -480,6 +490,7 @@ def _check_loss_inputs(data, noise, t, s, path):
     check_data(data)
     check_batch(noise, "noise")
     check_same_shape(data, noise, "data", "noise")
+    check_finite(noise, "noise")
     _check_pair_times(data, t, s)
 
 
@@ -519,7 +530,8 @@ def _cd(student, *, teacher_step, data, noise, t, s, path, target_net, metric, w
         x_s = teacher_step(x_t, t, s) if cond is None else teacher_step(x_t, t, s, cond)
     if not isinstance(x_s, Tensor) or x_s.shape != x_t.shape:
         raise ValueError(f"teacher_step must return a tensor of shape {tuple(x_t.shape)}, got {getattr(x_s, 'shape', type(x_s))}")
-    return _consistency(student, target_net, x_t=x_t, t=t, x_s=x_s, s=s, metric=metric, weight=weight, cond=cond)
+    return _consistency(student, target_net, x_t=x_t, t=t, x_s=x_s, s=s, metric=metric, weight=weight, cond=cond, path=path,
+                        inputs=(("data", data), ("noise", noise)))
 
 
 def consistency_training_loss(student, *, data: Tensor, noise: Tensor, t: Tensor, s: Tensor, path: Path, target_net=None,
@@ -543,7 +555,8 @@ def _ct(student, *, data, noise, t, s, path, target_net, metric, weight, cond) -
     _check_loss_inputs(data, noise, t, s, path)
     x_t = _noisy(data, noise, t, path)
     x_s = _noisy(data, noise, s, path)
-    return _consistency(student, target_net, x_t=x_t, t=t, x_s=x_s, s=s, metric=metric, weight=weight, cond=cond)
+    return _consistency(student, target_net, x_t=x_t, t=t, x_s=x_s, s=s, metric=metric, weight=weight, cond=cond, path=path,
+                        inputs=(("data", data), ("noise", noise)))
 
 
 # --- loss objects ------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._validation import check_batch, check_same_shape, check_time, expand_like
+from .._validation import check_batch, check_finite, check_same_shape, check_time, expand_like
 from ..objectives.metrics import get_metric
 from ..objectives.objective import call_model
 from ..objectives.weighting import UniformWeight, Weighting, get_weighting
@@ -45,7 +45,7 @@ from ..parameterization import Prediction, convert_with_coefficients, singular_a
 from ..paths import path_to_config
 from ..paths.base import Path
 from ..samplers import Grid, check_grid, make_grid, step
-from ._common import DistillOutput, check_data, check_int, randint, randn, resolve_teacher, time_dtype
+from ._common import DistillOutput, check_data, check_int, check_loss, check_model, randint, randn, resolve_teacher, time_dtype
 
 __all__ = [
     "TruncatedSNRWeight",
@@ -77,7 +77,7 @@ def _check_times(x_t: Tensor, t: Tensor, t_mid: Tensor, t_next: Tensor) -> None:
         raise ValueError(f"x_t must have shape (B, *D) with at least one event dimension, got {tuple(x_t.shape)}")
     batch = x_t.shape[0]
     for name, v in (("t", t), ("t_mid", t_mid), ("t_next", t_next)):
-        check_time(v, name, batch=batch)
+        check_time(v, name, batch=batch, device=x_t.device)
     if not bool((t > t_mid).all()) or not bool((t_mid > t_next).all()):
         raise ValueError("times must satisfy t > t_mid > t_next for every sample (generation runs from noise at t to data)")
 
@@ -113,9 +113,11 @@ def progressive_target(teacher, *, x_t: Tensor, t: Tensor, t_mid: Tensor, t_next
     """
     if not isinstance(path, Path):
         raise TypeError(f"path must be a flowgen Path, got {type(path).__name__}")
+    check_model(teacher, "teacher")
     tp = Prediction.parse(teacher_prediction, "teacher_prediction")
     sp = Prediction.parse(student_prediction, "student_prediction")
     _check_times(x_t, t, t_mid, t_next)
+    check_finite(x_t, "x_t")
     with torch.no_grad():
         x_t = x_t.detach()
         x_mid = step(teacher, path, x_t, t=t, s=t_mid, prediction=tp, method="ddim", cond=cond)
@@ -186,9 +188,11 @@ def _progressive(student, teacher, *, data, noise, t, t_mid, t_next, path, teach
                  weighting, metric, cond) -> DistillOutput:
     if not isinstance(path, Path):
         raise TypeError(f"path must be a flowgen Path, got {type(path).__name__}")
+    check_model(student, "student")
     check_data(data)
     check_batch(noise, "noise")
     check_same_shape(data, noise, "data", "noise")
+    check_finite(noise, "noise")
     sp = Prediction.parse(student_prediction, "student_prediction")
     weighting = TruncatedSNRWeight() if weighting is None else get_weighting(weighting)
     metric = get_metric(metric)
@@ -200,6 +204,8 @@ def _progressive(student, teacher, *, data, noise, t, t_mid, t_next, path, teach
                                 teacher_prediction=teacher_prediction, student_prediction=sp, cond=cond)
     pred = call_model(student, x_t, t, cond)
     per_sample = _weighted(pred, target, t, path, sp, weighting, metric)
+    check_loss(per_sample, (pred,), (("data", data), ("noise", noise)), t, path, "the progressive-distillation loss",
+               lambda tt: ~torch.isfinite(weighting(path, tt, sp)))
     return DistillOutput(loss=per_sample.mean(), per_sample=per_sample, t=t, x_t=x_t, pred=pred, target=target)
 
 

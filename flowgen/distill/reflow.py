@@ -42,18 +42,19 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .._validation import check_batch, check_same_shape, check_time, expand_like
+from .._validation import check_batch, check_finite, check_same_shape, check_time, expand_like
 from ..checkpoint import CheckpointError, atomic_save, safe_load
-from ..objectives.functional import prediction_loss
+from ..objectives.functional import _loss, _loss_singular
 from ..objectives.metrics import get_metric
 from ..objectives.objective import call_model
 from ..objectives.time import TimeDistribution, get_time_distribution
-from ..objectives.weighting import Weighting
+from ..objectives.weighting import UniformWeight, Weighting, get_weighting
 from ..parameterization import Prediction
 from ..paths import path_from_config, path_to_config
 from ..paths.base import Path
-from ..samplers import METHODS, Method, integrate, sample, step, uniform_grid
-from ._common import DistillOutput, check_data, check_int, resolve_teacher, time_dtype
+from ..samplers import METHODS, Method, integrate, sample, uniform_grid
+from ..samplers.steps import _step
+from ._common import DistillOutput, check_data, check_int, check_loss, check_model, resolve_teacher, time_dtype
 
 __all__ = [
     "shard_seed",
@@ -292,6 +293,7 @@ def _check_pairs(noise, endpoint):
     check_data(endpoint, "endpoint")
     check_batch(noise, "noise")
     check_same_shape(endpoint, noise, "endpoint", "noise")
+    check_finite(noise, "noise")
 
 
 def reflow_loss(student, *, noise: Tensor, endpoint: Tensor, t: Tensor, path: Path, prediction,
@@ -323,13 +325,20 @@ def _reflow(student, *, noise, endpoint, t, path, prediction, weighting, metric,
     if not isinstance(path, Path):
         raise TypeError(f"path must be a flowgen Path, got {type(path).__name__}")
     _check_pairs(noise, endpoint)
-    check_time(t, "t", batch=endpoint.shape[0])
+    check_time(t, "t", batch=endpoint.shape[0], device=endpoint.device)
     t64 = t.detach().to(torch.float64)
     a, s = path._alpha(t64), path._sigma(t64)
     x_t = expand_like(a, endpoint).to(endpoint.dtype) * endpoint + expand_like(s, endpoint).to(endpoint.dtype) * noise
+    prediction = Prediction.parse(prediction)
+    weighting = get_weighting(weighting or UniformWeight())
+    metric = get_metric(metric)
+    check_model(student, "student")
     pred = call_model(student, x_t, t, cond)
-    per_sample = prediction_loss(pred, data=endpoint, noise=noise, t=t, path=path, prediction=prediction,
-                                 weighting=weighting, metric=metric)
+    # the functional loss of flowgen.objectives.prediction_loss, with its checks: a non-finite student output
+    # is returned as a non-finite loss (for the training loop to stop or skip), anything else is named
+    per_sample = _loss(pred, endpoint, noise, t, path, prediction, weighting, metric)
+    check_loss(per_sample, (pred,), (("endpoint", endpoint), ("noise", noise)), t, path, f"the {prediction.value!r} reflow loss",
+               lambda tt: _loss_singular(path, tt, prediction, weighting))
     return DistillOutput(loss=per_sample.mean(), per_sample=per_sample, t=t, x_t=x_t, pred=pred, target=endpoint)
 
 
@@ -444,14 +453,16 @@ def _one_step(student, *, noise, endpoint, path, prediction, metric, t_max, t_mi
     _check_pairs(noise, endpoint)
     t_max, t_min = _interval(path, t_max, t_min)
     sigma_max = float(path._sigma(torch.tensor([t_max], dtype=torch.float64))[0])
+    check_model(student, "student")
     x_T = sigma_max * noise
     b = noise.shape[0]
     t = torch.full((b,), t_max, dtype=time_dtype(noise), device=noise.device)
-    pred = step(student, path, x_T, t=t, s=torch.full_like(t, t_min), prediction=prediction, method="euler", cond=cond)
+    pred = _step(student, path, x_T, t=t, s=torch.full_like(t, t_min), prediction=prediction, method="euler", cond=cond)
     diff = pred - endpoint
     if diff.dtype not in (torch.float32, torch.float64):
         diff = diff.float()
     per_sample = get_metric(metric)(diff)
+    check_loss(per_sample, (pred,), (("endpoint", endpoint), ("noise", noise)), t, path, "the one-step distillation loss")
     return DistillOutput(loss=per_sample.mean(), per_sample=per_sample, t=t, x_t=x_T, pred=pred, target=endpoint)
 
 
