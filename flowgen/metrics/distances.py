@@ -53,6 +53,8 @@ def _points(x, name: str, *, min_n: int = 1) -> Tensor:
         raise ValueError(f"{name} must have shape (N, *D), got a scalar")
     if x.shape[0] < min_n:
         raise ValueError(f"{name} must hold at least {min_n} point(s), got shape {tuple(x.shape)}")
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor (a shape without values); expected points with values")
     flat = x.detach().reshape(x.shape[0], -1).to(torch.float64)
     if not bool(torch.isfinite(flat).all()):
         raise ValueError(f"{name} holds {int((~torch.isfinite(flat)).sum())} NaN/Inf value(s); expected finite points")

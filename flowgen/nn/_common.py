@@ -11,8 +11,14 @@ import torch
 from torch import Tensor
 
 
-def check_inputs(x_t, t, *, event_shape: tuple | None = None, event_rank: int | None = None, name: str = "model") -> None:
-    """Check ``x_t (B, *D)`` floating and ``t (B,)``; raise TypeError/ValueError naming the argument."""
+def check_inputs(x_t, t, *, event_shape: tuple | None = None, event_rank: int | None = None, name: str = "model",
+                 module: torch.nn.Module | None = None) -> None:
+    """Check ``x_t (B, *D)`` floating and ``t (B,)``; raise TypeError/ValueError naming the argument.
+
+    With ``module``, ``x_t`` and ``t`` must also be on the device of its parameters, and ``x_t`` of
+    their dtype unless autocast is on for that device (a mismatch is otherwise a RuntimeError deep
+    inside the first layer).
+    """
     if not isinstance(x_t, Tensor):
         raise TypeError(f"x_t must be a torch.Tensor, got {type(x_t).__name__}")
     if not x_t.is_floating_point():
@@ -26,5 +32,17 @@ def check_inputs(x_t, t, *, event_shape: tuple | None = None, event_rank: int | 
         raise TypeError(f"t must be a torch.Tensor of shape (B,), got {type(t).__name__}")
     if t.dim() != 1 or t.shape[0] != x_t.shape[0]:
         raise ValueError(f"t must have shape ({x_t.shape[0]},) to match x_t {tuple(x_t.shape)}, got {tuple(t.shape)}")
+    if module is not None:
+        p = next(module.parameters(), None)
+        if p is not None:
+            if x_t.device != p.device:
+                raise ValueError(f"x_t is on device {x_t.device} but the {name}'s parameters are on {p.device}; move one of them")
+            if x_t.dtype != p.dtype and not torch.is_autocast_enabled(x_t.device.type):
+                raise TypeError(
+                    f"x_t has dtype {x_t.dtype} but the {name}'s parameters are {p.dtype}; cast x_t "
+                    f"(x_t.to({p.dtype})) or the model (model.to({x_t.dtype})), or run under torch.autocast"
+                )
+    if t.device != x_t.device:
+        raise ValueError(f"t is on device {t.device} but x_t is on {x_t.device}; expected both on the same device")
     if t.device.type == "cpu" and t.is_floating_point() and not bool(torch.isfinite(t).all()):
         raise ValueError(f"t holds {int((~torch.isfinite(t)).sum())} NaN/Inf value(s); expected finite times")

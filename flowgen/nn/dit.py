@@ -133,7 +133,7 @@ class DiT(nn.Module):
         nn.init.xavier_uniform_(self.patch.weight.view(hidden, -1))
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        check_inputs(x_t, t, event_rank=3, name="DiT")
+        check_inputs(x_t, t, event_rank=3, name="DiT", module=self)
         b, ch, h, w = x_t.shape
         p = self.patch_size
         if ch != self.in_channels:

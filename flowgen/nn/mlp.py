@@ -68,7 +68,7 @@ class MLP(nn.Module):
         self.act = nn.SiLU()
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        check_inputs(x_t, t, event_shape=(self.dim,), name="MLP")
+        check_inputs(x_t, t, event_shape=(self.dim,), name="MLP", module=self)
         if cond is not None and self.class_embed is None:
             raise ValueError("cond was given but this MLP is unconditional (num_classes=None)")
         temb = self.time_embed(t.to(x_t.dtype))

@@ -180,7 +180,7 @@ class UNet(nn.Module):
         self.conv_out = _zero(nn.Conv2d(c, self.out_channels, 3, padding=1))
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        check_inputs(x_t, t, event_rank=3, name="UNet")
+        check_inputs(x_t, t, event_rank=3, name="UNet", module=self)
         if x_t.shape[1] != self.in_channels:
             raise ValueError(f"UNet expects x_t with {self.in_channels} channel(s) (B, C, H, W), got {tuple(x_t.shape)}")
         h_, w_ = x_t.shape[-2:]
