@@ -292,6 +292,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--only", nargs="+", default=None, help="run only these contenders (no results written)")
+    p.add_argument("--suffix", default="", help="results go to training_overhead<suffix>.json/.md")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -341,8 +342,8 @@ def main(argv=None) -> int:
     print(md)
     if not args.no_write:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "training_overhead.json").write_text(json.dumps(report, indent=2) + "\n")
-        (RESULTS / "training_overhead.md").write_text(md + "\n")
+        (RESULTS / f"training_overhead{args.suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
+        (RESULTS / f"training_overhead{args.suffix}.md").write_text(md + "\n")
     return 0
 
 

@@ -203,40 +203,66 @@ def _cond_for(meta: dict, model, lo: int, hi: int, class_label, device):
     return cond, (None if null is None else torch.full_like(cond, int(null)))
 
 
+def few_step_generator(model, meta: dict):
+    """The checkpoint's own few-step sampler, if it has one, else ``None``.
+
+    * ``meta["generator"]`` (a distilled student's :meth:`flowgen.distill.Generator.to_metadata`):
+      rebuilt with :func:`flowgen.distill.generators.generator_from_metadata` around the network;
+    * a network that defines ``sample(noise, steps=k)`` itself.
+    """
+    spec = meta.get("generator")
+    if isinstance(spec, dict):
+        from .distill.generators import generator_from_metadata
+
+        return generator_from_metadata(model, spec)
+    if callable(getattr(model, "sample", None)):
+        return model
+    return None
+
+
 def generate(model, path, prediction, meta: dict, *, num: int, method=None, steps=None, batch_size: int = 10000,
              seed: int = 0, device="cpu", class_label=None, guidance_scale=None, progress: bool = False):
-    """Yield ``(samples chunk, nfe of the chunk)`` for ``num`` samples, ``batch_size`` at a time.
+    """Yield ``(samples chunk, NFE per sample)`` for ``num`` samples, ``batch_size`` at a time.
 
-    Models that define ``model.sample(noise, steps=k)`` (distilled few-step generators) are sampled
-    with it unless a ``method`` is given; everything else goes through :func:`flowgen.samplers.sample`.
+    Distilled students (see :func:`few_step_generator`) are sampled with their own ``sample(noise,
+    steps=k)`` unless a ``method`` is given (NFE counted by a forward hook on the network);
+    everything else goes through :func:`flowgen.samplers.sample`.
     """
     import torch
 
     from .samplers import sample
 
-    shape = tuple(meta.get("data_shape") or ())
+    shape = tuple(meta.get("data_shape") or (meta.get("generator") or {}).get("event_shape") or ())
     if not shape:
         raise _UserError("the checkpoint has no data_shape metadata; cannot draw noise of the right shape")
-    use_own = method is None and callable(getattr(model, "sample", None))
-    method, steps = _sampling_plan(meta, method, steps)
+    own = few_step_generator(model, meta) if method is None else None
+    if own is not None and steps is None:
+        steps = getattr(own, "default_steps", None) or (meta.get("sampler") or {}).get("steps") or 1
+    else:
+        method, steps = _sampling_plan(meta, method, steps)
     gen = torch.Generator(device=device).manual_seed(int(seed))
     gs = guidance_scale if guidance_scale is not None else meta.get("guidance_scale")
-    chunks = range(0, num, batch_size)
     bar = None
     if progress and num > batch_size:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=num, unit="sample", desc="sampling", leave=False)
+    calls = [0]
+    hook = None
+    if own is not None and isinstance(model, torch.nn.Module):
+        hook = model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     try:
-        for lo in chunks:
+        for lo in range(0, num, batch_size):
             hi = min(lo + batch_size, num)
             noise = torch.randn((hi - lo, *shape), generator=gen, device=device)
             cond, null = _cond_for(meta, model, lo, hi, class_label, device)
             with torch.no_grad():
-                if use_own:
-                    out = model.sample(noise, steps=steps) if cond is None else model.sample(noise, steps=steps, cond=cond)
+                if own is not None:
+                    calls[0] = 0
+                    kw = {"cond": cond} if cond is not None else {}
+                    out = own.sample(noise, steps=steps, **kw)
                     x = out.samples if hasattr(out, "samples") else out
-                    nfe = int(getattr(out, "nfe", steps or 0))
+                    nfe = int(getattr(out, "nfe", calls[0] if hook is not None else steps))
                 else:
                     kw = {}
                     if cond is not None:
@@ -249,6 +275,8 @@ def generate(model, path, prediction, meta: dict, *, num: int, method=None, step
                 bar.update(hi - lo)
             yield x, nfe
     finally:
+        if hook is not None:
+            hook.remove()
         if bar is not None:
             bar.close()
 
@@ -326,7 +354,11 @@ def _sample(args) -> int:
             if save_samples_figure(args.out, samples, title="SAMPLES") is None:
                 raise _UserError(f"no figure for samples of shape {shape}: use .npy or .pt")
     dt = time.perf_counter() - t0
-    method, steps = _sampling_plan(meta, args.method, args.steps)
+    own = few_step_generator(model, meta) if args.method is None else None
+    if own is not None:
+        method, steps = "generator", args.steps if args.steps is not None else getattr(own, "default_steps", None)
+    else:
+        method, steps = _sampling_plan(meta, args.method, args.steps)
     print(f"wrote {args.num} samples of shape {list(shape)} to {args.out} "
           f"(method={method}, steps={steps}, NFE={nfe} per sample, {dt:.2f} s)")
     return 0
@@ -445,9 +477,13 @@ def sample_and_score(model, path, prediction, meta: dict, ref, plan, *, seed: in
             nfe = max(nfe, c)
         dt = time.perf_counter() - t0
         samples = torch.cat(chunks)
-        mm, kk = _sampling_plan(meta, m, k)
-        own = m is None and callable(getattr(model, "sample", None))
-        row = {"method": "generator" if own else mm, "steps": kk, "nfe": nfe, "seconds": round(dt, 4)}
+        own = few_step_generator(model, meta) if m is None else None
+        if own is not None:
+            mm = "generator:" + str((meta.get("generator") or {}).get("generator", type(own).__name__))
+            kk = k if k is not None else getattr(own, "default_steps", None)
+        else:
+            mm, kk = _sampling_plan(meta, m, k)
+        row = {"method": mm, "steps": kk, "nfe": nfe, "seconds": round(dt, 4)}
         row.update(evaluate_samples(samples, ref, meta))
         rows.append(row)
         if keep_samples:
