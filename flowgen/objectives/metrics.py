@@ -45,6 +45,6 @@ def get_metric(metric):
     """A metric by name (``"l2"``, ``"pseudo_huber"``) or a callable ``(B, *D) → (B,)``."""
     if callable(metric):
         return metric
-    if metric in METRICS:
+    if isinstance(metric, str) and metric in METRICS:
         return METRICS[metric]
     raise ValueError(f"unknown metric {metric!r}; expected one of {sorted(METRICS)} or a callable")

@@ -49,14 +49,16 @@ def path_from_config(config: dict) -> Path:
     name = cfg.pop("name")
     if name not in BUILTIN_PATHS:
         raise ValueError(f"unknown path name {name!r}; expected one of {sorted(BUILTIN_PATHS)}")
-    if name == "DiscreteDDPM":
-        schedule = cfg.pop("schedule", None)
-        if schedule is None:
-            return DiscreteDDPM(cfg["betas"])
-        if schedule not in ("linear", "scaled_linear", "cosine"):
-            raise ValueError(f"unknown DiscreteDDPM schedule {schedule!r}")
-        return getattr(DiscreteDDPM, schedule)(**cfg)
     try:
+        if name == "DiscreteDDPM":
+            schedule = cfg.pop("schedule", None)
+            if schedule is None:
+                if set(cfg) != {"betas"}:
+                    raise TypeError(f"a DiscreteDDPM config without 'schedule' takes exactly one key, 'betas'; got {sorted(cfg)}")
+                return DiscreteDDPM(cfg["betas"])
+            if schedule not in ("linear", "scaled_linear", "cosine"):
+                raise ValueError(f"unknown DiscreteDDPM schedule {schedule!r}; expected 'linear', 'scaled_linear' or 'cosine'")
+            return getattr(DiscreteDDPM, schedule)(**cfg)
         return BUILTIN_PATHS[name](**cfg)
-    except TypeError as err:
+    except TypeError as err:  # unknown or missing keys, or values of the wrong type
         raise ValueError(f"bad arguments for path {name}: {err}") from err

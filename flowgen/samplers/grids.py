@@ -224,6 +224,8 @@ def check_grid(grid, name: str = "grid", *, increasing: bool = False) -> Tensor:
     if isinstance(grid, Tensor):
         if grid.is_complex() or grid.dtype == torch.bool:
             raise TypeError(f"{name} must hold real times, got dtype {grid.dtype}")
+        if grid.device.type == "meta":
+            raise ValueError(f"{name} is a meta tensor (a shape without values); expected times")
         g = grid.detach().to(device="cpu", dtype=torch.float64).clone()
     elif isinstance(grid, Sequence) and not isinstance(grid, (str, bytes)):
         try:

@@ -103,14 +103,16 @@ class _Run:
         return self._abl
 
     def singular(self, times, target: Prediction) -> Tensor:
-        if target is self.prediction:  # no conversion, nothing singular
+        # no conversion, nothing singular -- except that a DATA target (DDIM-type steps) needs the noise too,
+        # which a data prediction cannot give where sigma = 0 (e.g. t = 0 at the start of an inversion)
+        if target is self.prediction and target is not DATA:
             return torch.zeros(len(times), dtype=torch.bool)
         t = times if isinstance(times, Tensor) else torch.tensor(times, dtype=torch.float64)
         return singular_for(self.path, t.to(torch.float64), self.prediction, target)
 
     def require(self, times, target: Prediction) -> None:
         """Raise ValueError if the model would be evaluated at a singular time."""
-        if target is self.prediction:
+        if target is self.prediction and target is not DATA:
             return
         bad = self.singular(times, target)
         if bool(bad.any()):
