@@ -1,0 +1,250 @@
+"""Distillation modules: student checkpoints that sample, exact resume, clear errors on bad input."""
+
+import os
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from flowgen.checkpoint import MissingMetadataError, atomic_save, safe_load
+from flowgen.lightning import ToyDataModule
+from flowgen.lightning.distill import (
+    ConsistencyModule,
+    DistillStateError,
+    ProgressiveDistillModule,
+    ReflowModule,
+    load_student,
+)
+from flowgen.nn import MLP
+
+from .conftest import MLP_SPEC, assert_same_state, state_of
+
+REFLOW_KW = dict(num_pairs=192, pair_batch_size=64, pair_method="heun", pair_steps=4, stats_samples=32, stats_steps=4)
+
+# method name → (constructor(teacher) → module, total steps, a crash step in the middle of a later phase)
+METHODS = {
+    "progressive": (lambda t: ProgressiveDistillModule(t, student_steps=4, steps_per_round=[3, 3, 4], lr=3e-3), 10, 5),
+    "consistency_distillation": (lambda t: ConsistencyModule(t, num_scales=8, ema_decay=0.9, lr=3e-3, sigma_data=1.0), 8, 5),
+    "consistency_training": (lambda t: ConsistencyModule(None, MLP(2, hidden=32, depth=2), mode="training",
+                                                         path={"name": "RectifiedFlow", "sigma_min": 0.0},
+                                                         curriculum="ict", s0=2, s1=16, lr=3e-3, student_spec=MLP_SPEC), 8, 5),
+    "reflow": (lambda t: ReflowModule(t, reflow_rounds=1, steps_per_round=3, distill_steps=5, lr=3e-3, **REFLOW_KW), 8, 5),
+}
+
+
+def _data(bs=64):
+    # batches_per_epoch=4 makes the runs cross epoch boundaries (the data stream must resume too)
+    return ToyDataModule("moons", batch_size=bs, val_size=128, batches_per_epoch=4)
+
+
+class Crash(pl.Callback):
+    """Raise at the start of a step, after the previous step's checkpoint was written."""
+
+    def __init__(self, at_step):
+        self.at_step = at_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.at_step:
+            raise RuntimeError("simulated crash")
+
+
+def _run(method, teacher, root, trainer_factory, steps=None, seed=0, **kw):
+    make, total, _ = METHODS[method]
+    pl.seed_everything(seed, verbose=False)
+    module = make(teacher)
+    trainer_factory(root, steps or total, **kw).fit(module, _data())
+    return module
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_student_checkpoint_carries_its_metadata_and_samples_with_flowgen_sample(method, rf_teacher, tmp_path, trainer_factory, capsys):
+    from flowgen.cli import main as flowgen_main
+
+    module = _run(method, rf_teacher, tmp_path, trainer_factory, checkpoint_every=4)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    ck = safe_load(last)
+    meta = ck["flowgen"]
+    assert ck["global_step"] == METHODS[method][1]  # the final state, not the last periodic one
+    assert meta["kind"] == "student" and meta["distill_method"] == method
+    assert meta["path"]["name"] == "RectifiedFlow" and meta["prediction"] in ("velocity", "data")
+    assert meta["model"]["class_path"] == "flowgen.nn.MLP" and meta["data_shape"] == [2]
+    assert meta["generator"] == meta["distill"] and meta["generator"]["generator"] in ("progressive", "consistency", "reflow")
+    gen = load_student(last)
+    k = gen.default_steps
+    noise = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    x = gen.sample(noise, steps=k, generator=torch.Generator().manual_seed(1))
+    assert x.shape == (16, 2) and torch.isfinite(x).all()
+    # the same samples as the module's own generator (the checkpoint holds the final weights)
+    torch.testing.assert_close(x, module.generator().sample(noise, steps=k, generator=torch.Generator().manual_seed(1)))
+    out = tmp_path / "s.npy"
+    assert flowgen_main(["sample", "--ckpt", str(last), "--steps", str(k), "--num", "20", "--out", str(out), "--no-progress"]) == 0
+    import numpy as np
+
+    assert np.load(out).shape == (20, 2)
+    # an unsupported number of steps is a one-line error listing the supported ones
+    bad = 3 if gen.supported_steps is not None and 3 not in gen.supported_steps else 7
+    if gen.supported_steps is not None:
+        capsys.readouterr()
+        assert flowgen_main(["sample", "--ckpt", str(last), "--steps", str(bad), "--num", "4", "--out", str(out), "--no-progress"]) == 1
+        err = capsys.readouterr().err
+        assert f"steps={bad}" in err and "supported steps" in err
+        with pytest.raises(ValueError, match="supported steps"):
+            gen.sample(noise, steps=bad)
+    assert module.exported and all(os.path.isfile(f) for f in module.exported)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(method, rf_teacher, tmp_path, trainer_factory):
+    make, total, crash = METHODS[method]
+    ref = _run(method, rf_teacher, tmp_path / "a", trainer_factory, deterministic=True, checkpoint_every=100)
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(method, rf_teacher, tmp_path / "b", trainer_factory, deterministic=True, checkpoint_every=crash - 1,
+             callbacks=[Crash(crash)])
+    last = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    saved = safe_load(last)
+    assert saved["global_step"] == crash - 1
+    state = saved["flowgen"]["distill_state"]
+    assert state["method"] == method and state["phase"] >= (1 if method in ("progressive", "reflow") else 0)
+
+    pl.seed_everything(999, verbose=False)  # another seed: everything must come from the checkpoint
+    resumed = make(rf_teacher)
+    trainer_factory(tmp_path / "b", total, deterministic=True, checkpoint_every=100).fit(resumed, _data(), ckpt_path=str(last))
+    assert_same_state(state_of(ref), state_of(resumed))
+    assert ref.phase == resumed.phase
+
+
+def test_progressive_round_n_and_grid_live_in_the_checkpoint(rf_teacher, tmp_path, trainer_factory):
+    with pytest.raises(RuntimeError):
+        _run("progressive", rf_teacher, tmp_path, trainer_factory, checkpoint_every=4, callbacks=[Crash(5)])
+    meta = safe_load(tmp_path / "checkpoints" / "last.ckpt")["flowgen"]
+    prog = meta["distill_state"]["method_state"]["distiller"]
+    # steps_per_round [3, 3, 4]: step 4 is in round 1 (N = 2), whose teacher grid (2N steps) is the round-0 student grid
+    assert prog["round"] == 1 and prog["student_steps"] == 2 and prog["teacher_grid"] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    sd = safe_load(tmp_path / "checkpoints" / "last.ckpt")["state_dict"]
+    # from round 1 on the teacher is the previous student: its weights are in the checkpoint
+    assert any(k.startswith("round_teacher.") for k in sd) and any(k.startswith("teacher.") for k in sd)
+    assert meta["generator"]["grid"] == [1.0, 0.5, 0.0]
+
+
+def test_reflow_resumes_after_a_crash_during_pair_generation(rf_teacher, tmp_path, trainer_factory, monkeypatch):
+    import flowgen.distill.reflow as reflow_mod
+
+    ref = _run("reflow", rf_teacher, tmp_path / "a", trainer_factory, deterministic=True, checkpoint_every=100)
+    real, calls = reflow_mod.sample, {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # round 1 wrote its 3 shards; the crash hits the 2nd shard of the distillation pairs
+            raise RuntimeError("simulated crash in pair generation")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reflow_mod, "sample", flaky)
+    with pytest.raises(RuntimeError, match="pair generation"):
+        _run("reflow", rf_teacher, tmp_path / "b", trainer_factory, deterministic=True, checkpoint_every=1)
+    monkeypatch.setattr(reflow_mod, "sample", real)
+    folders = sorted(d for d in os.listdir(tmp_path / "b" / "pairs"))
+    assert len(folders) == 2 and len(os.listdir(tmp_path / "b" / "pairs" / folders[1])) == 2  # manifest + 1 shard
+    last = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    pl.seed_everything(5, verbose=False)
+    resumed = METHODS["reflow"][0](rf_teacher)
+    trainer_factory(tmp_path / "b", 8, deterministic=True, checkpoint_every=100).fit(resumed, _data(), ckpt_path=str(last))
+    assert_same_state(state_of(ref), state_of(resumed))
+    assert set(resumed.stats) == {"teacher", "reflow_round1"}
+    assert resumed.stats["reflow_round1"]["path_energy"] >= 1.0 - 1e-6
+
+
+def _strip_metadata(src, dst, *keys):
+    ck = safe_load(src)
+    for k in keys:
+        ck["flowgen"].pop(k)
+    atomic_save(ck, dst)
+    return str(dst)
+
+
+@pytest.mark.parametrize("missing", ["path", "prediction"])
+@pytest.mark.parametrize("cls", [ProgressiveDistillModule, ConsistencyModule, ReflowModule])
+def test_teacher_checkpoint_without_path_or_prediction_is_refused(cls, missing, rf_teacher, tmp_path):
+    bad = _strip_metadata(rf_teacher, tmp_path / "bad.ckpt", missing)
+    with pytest.raises(MissingMetadataError, match=f"teacher.*lacks the {missing} metadata"):
+        cls(bad)
+
+
+def test_checkpoint_without_flowgen_metadata_and_missing_files_are_refused(rf_teacher, tmp_path):
+    ck = safe_load(rf_teacher)
+    ck.pop("flowgen")
+    atomic_save(ck, tmp_path / "plain.ckpt")
+    with pytest.raises(MissingMetadataError, match="no flowgen metadata"):
+        ProgressiveDistillModule(str(tmp_path / "plain.ckpt"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ReflowModule(str(tmp_path / "nope.ckpt"))
+    with pytest.raises(ValueError, match="needs a teacher"):
+        ProgressiveDistillModule(None)
+    with pytest.raises(ValueError, match="needs a teacher"):
+        ConsistencyModule(None, MLP(2, hidden=8, depth=1))
+
+
+def test_a_network_teacher_needs_path_and_prediction():
+    net = MLP(2, hidden=8, depth=1)
+    with pytest.raises(ValueError, match="no path metadata"):
+        ProgressiveDistillModule(net, student_steps=2)
+    from flowgen.paths import RectifiedFlow
+
+    with pytest.raises(ValueError, match="no prediction metadata"):
+        ReflowModule(net, teacher_path=RectifiedFlow())
+    m = ProgressiveDistillModule(net, student_steps=2, teacher_path=RectifiedFlow(), teacher_prediction="velocity")
+    assert m.distiller.student_steps == 2
+
+
+def test_bad_schedules_are_refused(rf_teacher):
+    with pytest.raises(ValueError, match="power of two"):
+        ProgressiveDistillModule(rf_teacher, student_steps=6)
+    with pytest.raises(ValueError, match="one per phase"):
+        ProgressiveDistillModule(rf_teacher, student_steps=4, steps_per_round=[10, 10])
+    with pytest.raises(ValueError, match="nothing to train"):
+        ReflowModule(rf_teacher, reflow_rounds=0, distill=False)
+    with pytest.raises(ValueError, match="mode"):
+        ConsistencyModule(rf_teacher, mode="teacherless")
+
+
+def test_data_of_the_wrong_shape_is_refused(rf_teacher, tmp_path, trainer_factory):
+    import numpy as np
+
+    from flowgen.lightning import TensorFileDataModule
+
+    np.save(tmp_path / "x3.npy", np.random.default_rng(0).normal(size=(256, 3)).astype(np.float32))
+    module = ProgressiveDistillModule(rf_teacher, student_steps=2, steps_per_round=2)
+    with pytest.raises(ValueError, match=r"per-sample shape \(3,\) but the teacher was trained on \(2,\)"):
+        trainer_factory(tmp_path / "run", 2).fit(module, TensorFileDataModule(str(tmp_path / "x3.npy"), batch_size=32))
+    with pytest.raises(ValueError, match=r"per-sample shape \(3,\), expected \(2,\)"):
+        module.training_step(torch.randn(8, 3), 0)
+
+
+def test_resuming_with_another_method_is_refused(rf_teacher, tmp_path, trainer_factory):
+    _run("progressive", rf_teacher, tmp_path, trainer_factory)
+    last = str(tmp_path / "checkpoints" / "last.ckpt")
+    with pytest.raises(DistillStateError, match="'progressive' distillation, not 'reflow'"):
+        trainer_factory(tmp_path / "c", 8).fit(METHODS["reflow"][0](rf_teacher), _data(), ckpt_path=last)
+    with pytest.raises(DistillStateError, match="no distillation state"):
+        trainer_factory(tmp_path / "d", 8).fit(METHODS["reflow"][0](rf_teacher), _data(), ckpt_path=rf_teacher)
+
+
+def test_other_path_and_prediction_teacher(eps_teacher, tmp_path, trainer_factory):
+    """A DDPM ε teacher on the VP path: progressive keeps ε, consistency predicts data; both checkpoints sample."""
+    pl.seed_everything(0, verbose=False)
+    prog = ProgressiveDistillModule(eps_teacher, student_steps=2, steps_per_round=2, lr=1e-3)
+    trainer_factory(tmp_path / "p", 4).fit(prog, _data())
+    cd = ConsistencyModule(eps_teacher, num_scales=6, lr=1e-3)
+    trainer_factory(tmp_path / "c", 3).fit(cd, _data())
+    for root, pred in ((tmp_path / "p", "noise"), (tmp_path / "c", "data")):
+        gen = load_student(root / "checkpoints" / "last.ckpt")
+        assert gen.path.__class__.__name__ == "VP" and gen.prediction.value == pred
+        assert torch.isfinite(gen.sample(torch.randn(8, 2), steps=gen.default_steps)).all()
+
+
+def test_validation_logs_the_distance_at_each_supported_step_count(rf_teacher, tmp_path, trainer_factory):
+    pl.seed_everything(0, verbose=False)
+    module = ConsistencyModule(rf_teacher, num_scales=6, val_steps=[1, 2], val_num_samples=64)
+    trainer_factory(tmp_path, 2, limit_val_batches=1.0, val_every=2).fit(module, _data())
+    assert set(module.last_metrics) == {"val/w2_1step", "val/w2_2step"}
+    assert module.last_samples.shape == (64, 2) and module.last_reference.shape == (64, 2)
