@@ -125,23 +125,36 @@ def _dtype_of(name: str) -> torch.dtype:
     return dt
 
 
-def _load_shard(out_dir: str, m: dict, i: int) -> dict | None:
-    """The shard's tensors if the file is complete and consistent with the manifest, else ``None``."""
+def _load_shard(out_dir: str, m: dict, i: int, why: list | None = None) -> dict | None:
+    """The shard's tensors if the file is complete and consistent with the manifest, else ``None``.
+
+    The file is read with :func:`~flowgen.checkpoint.safe_load` (``weights_only=True``): a shard that
+    carries pickled code is never executed, only treated as damaged. ``why`` collects the reason.
+    """
     f = os.path.join(out_dir, _shard_name(i))
+    reason = None
     if not os.path.exists(f):
-        return None
-    try:
-        obj = safe_load(f)
-    except (CheckpointError, OSError):
-        return None
-    rows, shape, dtype = _shard_rows(m, i), tuple(m["shape"]), _dtype_of(m["dtype"])
-    for key in ("noise", "endpoint"):
-        x = obj.get(key)
-        if not isinstance(x, Tensor) or tuple(x.shape) != (rows, *shape) or x.dtype != dtype or not bool(torch.isfinite(x).all()):
-            return None
-    if int(obj.get("shard", torch.tensor(-1))) != i or int(obj.get("seed", torch.tensor(-1))) != shard_seed(m["seed"], i):
-        return None
-    return obj
+        reason = "it is missing"
+    else:
+        try:
+            obj = safe_load(f)
+        except (CheckpointError, OSError) as err:
+            reason = str(err)
+        else:
+            rows, shape, dtype = _shard_rows(m, i), tuple(m["shape"]), _dtype_of(m["dtype"])
+            for key in ("noise", "endpoint"):
+                x = obj.get(key)
+                if not isinstance(x, Tensor) or tuple(x.shape) != (rows, *shape) or x.dtype != dtype or not bool(torch.isfinite(x).all()):
+                    reason = f"its {key!r} entry is not a finite {dtype} tensor of shape {(rows, *shape)}"
+                    break
+            if reason is None and (int(obj.get("shard", torch.tensor(-1))) != i
+                                   or int(obj.get("seed", torch.tensor(-1))) != shard_seed(m["seed"], i)):
+                reason = "it belongs to another shard or seed"
+            if reason is None:
+                return obj
+    if why is not None:
+        why.append(reason)
+    return None
 
 
 def generate_pairs(teacher, path: Path | None = None, *, num: int, batch_size: int, shape, out_dir, prediction=None,
@@ -259,11 +272,12 @@ class PairDataset(Dataset):
             raise ValueError(f"{out_dir!r} holds no reflow pairs (no {MANIFEST}); create them with generate_pairs")
         noise, endpoint = [], []
         for i in range(m["num_shards"]):
-            obj = _load_shard(out_dir, m, i)
+            why: list = []
+            obj = _load_shard(out_dir, m, i, why)
             if obj is None:
                 raise ValueError(
-                    f"shard {i} ({_shard_name(i)}) in {out_dir!r} is missing or damaged; rerun generate_pairs with the "
-                    "same arguments to complete the cache"
+                    f"shard {i} ({_shard_name(i)}) in {out_dir!r} is missing or damaged ({why[0] if why else 'unreadable'}); "
+                    "rerun generate_pairs with the same arguments to complete the cache"
                 )
             noise.append(obj["noise"])
             endpoint.append(obj["endpoint"])
