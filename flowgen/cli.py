@@ -588,12 +588,17 @@ def _cmd_quickstart(argv: list[str]) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    import torch
+
+    threads = torch.get_num_threads()
     try:
         return _quickstart(args)
     except Exception as err:  # noqa: BLE001
         if isinstance(err, (_UserError, ValueError, TypeError, FileNotFoundError)):
             return _fail("flowgen quickstart", err)
         raise
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _quickstart(args) -> int:
