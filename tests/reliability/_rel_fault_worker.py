@@ -1,0 +1,155 @@
+"""A subprocess that does flowgen work and kills itself with SIGKILL at a chosen point.
+
+Used by ``test_faults.py``; every run is CPU-only, single-threaded and deterministic, so a resumed
+run can be compared bit for bit with an uninterrupted one. Usage::
+
+    python _rel_fault_worker.py <job> <json options>
+
+Jobs:
+
+* ``train`` — a FlowModule on a 2-D toy through ``make_trainer`` (checkpoint every step, exact
+  resume from ``last.ckpt`` when it exists); kills itself at ``kill_step`` in ``kill_phase``:
+  ``batch_start`` (before the step's batch), ``before_optimizer`` (after backward, before the
+  update), ``mid_save`` (half-way through writing the step's checkpoint). Writes the final
+  state dict to ``out``.
+* ``pairs`` — :func:`flowgen.distill.generate_pairs`; kills itself while writing shard
+  ``kill_shard`` (half the bytes of its temporary file written).
+* ``save`` — :func:`flowgen.checkpoint.atomic_save` (or the digits classifier cache writer) of
+  ``version``, killed half-way through the write when ``kill`` is set.
+
+A kill point that is never reached exits with code 3, so a test cannot pass vacuously.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import sys
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+KILLED_MARK = "KILL-POINT-REACHED"
+
+
+def die() -> None:
+    sys.stdout.write(KILLED_MARK + "\n")
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_during_next_save(match=lambda obj: True):
+    """Replace ``torch.save`` so that the next matching save writes half its bytes, flushes, and SIGKILLs the process."""
+    import torch
+
+    real = torch.save
+
+    def partial(obj, f, *args, **kwargs):
+        if not match(obj):
+            return real(obj, f, *args, **kwargs)
+        buf = io.BytesIO()
+        real(obj, buf, *args, **kwargs)
+        raw = buf.getvalue()
+        if hasattr(f, "write"):
+            f.write(raw[: len(raw) // 2])
+            f.flush()
+            os.fsync(f.fileno())
+        else:
+            with open(f, "wb") as fh:
+                fh.write(raw[: len(raw) // 2])
+        die()
+
+    torch.save = partial
+
+
+def job_train(o: dict) -> None:
+    import lightning.pytorch as pl
+    import torch
+
+    from flowgen.checkpoint import safe_load
+    from flowgen.lightning import FlowModule, ToyDataModule, make_trainer
+    from flowgen.nn import MLP
+    from flowgen.objectives import rectified_flow
+
+    torch.set_num_threads(1)
+    root = o["root"]
+    last = os.path.join(root, "checkpoints", "last.ckpt")
+    resume = os.path.exists(last)
+    pl.seed_everything(o.get("seed", 7) if not resume else 999, verbose=False)  # a resumed run owes nothing to its seed
+    spec = {"class_path": "flowgen.nn.MLP", "init_args": {"dim": 2, "hidden": 16, "depth": 2}}
+    module = FlowModule(MLP(2, hidden=16, depth=2), rectified_flow(), lr=3e-3, ema_decay=0.9, ema_warmup_steps=1,
+                        model_spec=spec)
+    data = ToyDataModule("moons", batch_size=32, val_size=32, batches_per_epoch=3, seed=11)
+    kill_step, phase = o.get("kill_step"), o.get("kill_phase")
+
+    class Killer(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if phase == "batch_start" and trainer.global_step == kill_step:
+                die()
+            if phase == "mid_save" and trainer.global_step == kill_step:
+                # the checkpoint written at the end of this step (every step) dies half-way
+                kill_during_next_save(lambda obj: isinstance(obj, dict) and "optimizer_states" in obj)
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            if phase == "before_optimizer" and trainer.global_step == kill_step:
+                die()
+
+    trainer = make_trainer(root, max_steps=o["steps"], checkpoint_every=1, progress=False, logger=False, plot_samples=False,
+                           accelerator="cpu", devices=1, deterministic=True, limit_val_batches=0,
+                           callbacks=[Killer()] if kill_step is not None else [])
+    trainer.fit(module, data, ckpt_path=last if resume else None)
+    if kill_step is not None and kill_step < o["steps"] and not resume:
+        sys.exit(3)  # the kill point was never reached
+    ck = safe_load(last)
+    torch.save({"state_dict": module.state_dict(), "global_step": trainer.global_step, "last_global_step": ck["global_step"],
+                "resumed": resume}, o["out"])
+
+
+def job_pairs(o: dict) -> None:
+    import torch
+
+    import flowgen
+    from flowgen.distill import generate_pairs
+
+    torch.set_num_threads(1)
+
+    class Teacher(torch.nn.Module):
+        def forward(self, x, t, cond=None):
+            return torch.tanh(x) - 0.5 * x * t[:, None]
+
+    if o.get("kill_shard") is not None:
+        k = int(o["kill_shard"])
+        kill_during_next_save(lambda obj: isinstance(obj, dict) and int(obj.get("shard", torch.tensor(-1))) == k)
+    ds = generate_pairs(Teacher(), flowgen.paths.RectifiedFlow(), num=o["num"], batch_size=o["batch"], shape=(2,),
+                        out_dir=o["out_dir"], prediction="velocity", method="heun", steps=4, seed=5)
+    if o.get("kill_shard") is not None:
+        sys.exit(3)
+    print(json.dumps({"generated": ds.generated}))
+
+
+def job_save(o: dict) -> None:
+    import torch
+
+    from flowgen import checkpoint as ck
+
+    obj = {"state_dict": {"w": torch.full((64, 64), float(o["version"]))}, "version": torch.tensor(o["version"])}
+    if o.get("kill"):
+        kill_during_next_save()
+    if o.get("writer") == "classifier_cache":
+        from pathlib import Path
+
+        from flowgen.metrics import classifier
+
+        classifier._atomic_save(obj, Path(o["path"]))
+    else:
+        ck.atomic_save(obj, o["path"])
+    if o.get("kill"):
+        sys.exit(3)
+
+
+JOBS = {"train": job_train, "pairs": job_pairs, "save": job_save}
+
+
+if __name__ == "__main__":
+    job, opts = sys.argv[1], json.loads(sys.argv[2])
+    JOBS[job](opts)
