@@ -67,7 +67,7 @@ def machine_info() -> dict:
     except OSError:
         load = None
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(), "load_avg_1min_at_start": load}
+            "python": platform.python_version(), "platform": platform.platform(), "load_avg_1min": load}
 
 
 # ------------------------------------------------------------------------------- contenders
@@ -302,6 +302,7 @@ def main(argv=None) -> int:
         return 0
 
     t0 = time.time()
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     if args.only:
         res = run(rounds, steps, only=args.only)
         for k, v in res.items():
@@ -336,7 +337,8 @@ def main(argv=None) -> int:
     }
     report = {"benchmark": "training_overhead", "batch": BATCH, "model": "flowgen.nn.MLP(2): 3x256 SiLU",
               "rounds": rounds, "steps_per_round": steps, "machine": machine_info(), "torchcfm": peer,
-              "results_ms_per_step": res, "ratios": ratios, "wall_seconds": round(time.time() - t0, 1)}
+              "results_ms_per_step": res, "ratios": ratios, "wall_seconds": round(time.time() - t0, 1),
+              "load_avg_1min_at_start": load_start}
     md = _markdown(report)
     print(json.dumps(report, indent=2))
     print(md)
@@ -353,7 +355,8 @@ def _markdown(r: dict) -> str:
         "# Training overhead per step (batch 256, 3×256 MLP, Adam, CPU)",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
-        f"load average at start {m['load_avg_1min_at_start']}. {r['rounds']} interleaved rounds × {r['steps_per_round']} steps; "
+        f"1-min load average {r.get('load_avg_1min_at_start')} at the start and {m['load_avg_1min']} at the end "
+        f"(the machine is shared). {r['rounds']} interleaved rounds × {r['steps_per_round']} steps; "
         "medians over all timed steps.",
         "",
         "| contender | median ms/step | × a_bare |",
