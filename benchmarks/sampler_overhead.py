@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -173,6 +172,7 @@ def one_step_contenders(model: nn.Module) -> dict:
 
 
 def time_interleaved(fns: dict, noise: torch.Tensor, rounds: int, warmup: int = 3) -> dict:
+    """Per contender, per round: ``(wall seconds, process CPU seconds)``; contenders shuffled each round."""
     with torch.no_grad():
         for fn in fns.values():
             for _ in range(warmup):
@@ -182,27 +182,29 @@ def time_interleaved(fns: dict, noise: torch.Tensor, rounds: int, warmup: int = 
         for _ in range(rounds):
             random.shuffle(names)
             for k in names:
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 fns[k](noise)
-                times[k].append(time.perf_counter() - t0)
+                times[k].append((time.perf_counter() - t0, time.process_time() - c0))
     return times
 
 
 def summarise(times: dict, batch: int, ref: str = "bare") -> dict:
-    med = {k: statistics.median(v) for k, v in times.items()}
-    # Ratio per round (same round, same machine state), then the median of the ratios.
-    ratio = {k: statistics.median(a / b for a, b in zip(times[k], times[ref])) for k in times}
-    return {
-        k: {
-            "median_ms": 1e3 * med[k],
-            "per_sample_us": 1e6 * med[k] / batch,
-            "ratio_to_bare": med[k] / med[ref],
-            "median_round_ratio": ratio[k],
-            "min_ms": 1e3 * min(times[k]),
-            "rounds": len(times[k]),
-        }
-        for k in times
-    }
+    out = {}
+    for clock, idx in (("wall", 0), ("cpu", 1)):
+        series = {k: [v[idx] for v in vals] for k, vals in times.items()}
+        med = {k: statistics.median(v) for k, v in series.items()}
+        # Ratio within each round (same machine state), then the median over rounds.
+        round_ratio = {k: statistics.median(a / b for a, b in zip(series[k], series[ref])) for k in series}
+        for k in series:
+            out.setdefault(k, {"rounds": len(series[k])})
+            out[k][clock] = {
+                "median_ms": 1e3 * med[k],
+                "per_sample_us": 1e6 * med[k] / batch,
+                "ratio_to_bare": med[k] / med[ref],
+                "median_round_ratio": round_ratio[k],
+                "min_ms": 1e3 * min(series[k]),
+            }
+    return out
 
 
 STREAM_CHILD = r"""
@@ -254,50 +256,60 @@ def stream_memory(n: int, bs: int, steps: int, mode: str) -> dict:
     return out
 
 
-def markdown(result: dict) -> str:
-    lines = ["# Sampler overhead (CPU)", ""]
-    m = result["machine"]
-    lines.append(f"Machine: {m['cpu']}, {m['cores']} cores, load average at start {m.get('loadavg', '?')}, torch {m['torch']} ({m['torch_threads']} threads); "
-                 f"torchdiffeq {m.get('torchdiffeq')}, flow_matching {m.get('flow_matching')}, diffusers {m.get('diffusers')}.")
+def _table(lines, rows_by_batch, names, clock, key, fmt):
+    lines.append("| batch | " + " | ".join(names) + " |")
+    lines.append("|---|" + "---|" * len(names))
+    for b, rows in rows_by_batch.items():
+        lines.append(f"| {b} | " + " | ".join(fmt(rows[k][clock]) if k in rows else "—" for k in names) + " |")
     lines.append("")
-    rounds = ", ".join(f"{r} at batch {b}" for b, r in result["rounds"].items())
-    lines.append(f"{result['steps']} Euler steps of a 3×256 MLP (D=2), float32, medians over interleaved rounds ({rounds}); "
-                 "ratio = median time / median time of the bare loop (lower is better).")
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = ["# Sampler overhead (CPU)", ""]
+    lines.append(f"Machine: {m['cpu']}, {m['cores']} cores, load average at start {m.get('loadavg', '?')} (other jobs shared the cores); "
+                 f"torch {m['torch']}; torchdiffeq {m.get('torchdiffeq')}, flow_matching {m.get('flow_matching')}, diffusers {m.get('diffusers')}.")
+    lines.append("")
+    lines.append(f"{result['steps']} Euler steps of a 3×256 MLP (D=2, t concatenated), float32, `torch.no_grad`. Every round runs "
+                 "every contender once in a shuffled order; ratios are to the bare loop `x = x + dt * model(x, t)` "
+                 "(lower is better, < 1 is faster than the bare loop). 'round ratio' = median over rounds of the within-round "
+                 "ratio, robust to load drifting between rounds.")
     lines.append("")
     names = result["contenders"]
-    lines.append("| batch | " + " | ".join(names) + " |")
-    lines.append("|---|" + "---|" * len(names))
-    for b, rows in result["batches"].items():
-        cells = [f"{rows[k]['median_ms']:.2f} ms ({rows[k]['ratio_to_bare']:.3f}×)" if k in rows else "—" for k in names]
-        lines.append(f"| {b} | " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append("Median over rounds of the per-round ratio to the bare loop (robust to load drifting between rounds):")
-    lines.append("")
-    lines.append("| batch | " + " | ".join(names) + " |")
-    lines.append("|---|" + "---|" * len(names))
-    for b, rows in result["batches"].items():
-        lines.append(f"| {b} | " + " | ".join(f"{rows[k]['median_round_ratio']:.3f}×" if k in rows else "—" for k in names) + " |")
-    lines.append("")
-    lines.append("Per-sample time (µs) at each batch:")
-    lines.append("")
-    lines.append("| batch | " + " | ".join(names) + " |")
-    lines.append("|---|" + "---|" * len(names))
-    for b, rows in result["batches"].items():
-        lines.append(f"| {b} | " + " | ".join(f"{rows[k]['per_sample_us']:.2f}" if k in rows else "—" for k in names) + " |")
-    lines.append("")
-    lines.append("1-step generator (one model evaluation):")
-    lines.append("")
-    lines.append("| batch | model call | bare `noise - model(noise, 1)` | flowgen `sample(steps=1)` | flowgen − model call |")
-    lines.append("|---|---|---|---|---|")
-    for b, rows in result["one_step"].items():
-        extra = rows["flowgen"]["median_ms"] - rows["model_call"]["median_ms"]
-        lines.append(f"| {b} | {rows['model_call']['median_ms'] * 1e3:.0f} µs | {rows['bare']['median_ms'] * 1e3:.0f} µs | "
-                     f"{rows['flowgen']['median_ms'] * 1e3:.0f} µs | {extra * 1e3:+.0f} µs |")
+    for cfg in result["configs"]:
+        threads, clock = cfg["threads"], cfg["clock"]
+        rounds = ", ".join(f"{r} at batch {b}" for b, r in cfg["rounds"].items())
+        lines.append(f"## torch threads = {threads}, {clock} time ({rounds} rounds)")
+        lines.append("")
+        if clock == "cpu":
+            lines.append("Process CPU time with one torch thread: what each contender computes, largely unaffected by "
+                         "other jobs on the machine (the primary figure here).")
+        else:
+            lines.append(f"Wall-clock time of the same runs ({threads} torch thread(s)): sensitive to the other jobs sharing the cores.")
+        lines.append("")
+        lines.append("Median time per run (ratio of medians to bare):")
+        lines.append("")
+        _table(lines, cfg["batches"], names, clock, None, lambda r: f"{r['median_ms']:.2f} ms ({r['ratio_to_bare']:.3f}×)")
+        lines.append("Median round ratio to bare:")
+        lines.append("")
+        _table(lines, cfg["batches"], names, clock, None, lambda r: f"{r['median_round_ratio']:.3f}×")
+        lines.append("Per-sample time (µs):")
+        lines.append("")
+        _table(lines, cfg["batches"], names, clock, None, lambda r: f"{r['per_sample_us']:.2f}")
+        lines.append("1-step generator (one model evaluation), median time:")
+        lines.append("")
+        lines.append("| batch | model call | bare `noise - model(noise, 1)` | flowgen `sample(steps=1)` | flowgen − model call |")
+        lines.append("|---|---|---|---|---|")
+        for b, rows in cfg["one_step"].items():
+            mc, br, fg = (rows[k][clock]["median_ms"] * 1e3 for k in ("model_call", "bare", "flowgen"))
+            lines.append(f"| {b} | {mc:.0f} µs | {br:.0f} µs | {fg:.0f} µs | {fg - mc:+.0f} µs ({fg / mc:.2f}×) |")
+        lines.append("")
     if result.get("stream"):
+        lines.append("## Peak resident memory, 10⁶ 2-D samples with the MLP (fresh subprocess each)")
         lines.append("")
-        lines.append("Peak resident memory, sampling with the MLP (fresh subprocess each):")
-        lines.append("")
-        lines.append("Peak RSS is the high-water mark reset after imports (`/proc/self/clear_refs`), so it covers sampling only.")
+        lines.append("Peak RSS is the high-water mark reset after imports (`/proc/self/clear_refs`), so it covers sampling only; "
+                     "`full` = one `sample()` call on all samples, `batch_size` = `sample(..., batch_size=16384)` (output "
+                     "preallocated), `stream` = `sample_stream(..., batch_size=16384)` consuming each chunk.")
         lines.append("")
         lines.append("| mode | samples | batch_size | steps | peak RSS (MB) | increase over baseline (MB) | seconds |")
         lines.append("|---|---|---|---|---|---|---|")
@@ -307,7 +319,7 @@ def markdown(result: dict) -> str:
                 continue
             lines.append(f"| {r['mode']} | {r['num_samples']:,} | {r['batch_size'] if r['mode'] != 'full' else '—'} | {r['steps']} | "
                          f"{r['peak_rss_mb']:.0f} | {r['sampling_rss_increase_mb']:.0f} | {r['seconds']:.1f} |")
-    lines.append("")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -317,6 +329,7 @@ def main() -> None:
     parser.add_argument("--no-stream", action="store_true", help="skip the 10^6-sample memory measurement")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--threads", type=int, default=None, help="also time with this many torch threads (wall clock)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -330,15 +343,33 @@ def main() -> None:
         probe = torch.randn(8, 2)
         ref = fns["bare"](probe)
         agree = {k: float((fns[k](probe) - ref).abs().max()) for k in ("flowgen", "torchdiffeq", "diffusers") if k in fns}
-    batches = {}
-    one_step = {}
-    rounds_for = {64: 60, 256: 40, 1024: 20}
-    for b in (64, 256, 1024):
-        rounds = args.rounds or (5 if args.quick else rounds_for[b])
-        noise = torch.randn(b, 2, generator=torch.Generator().manual_seed(b))
-        batches[b] = summarise(time_interleaved(fns, noise, rounds), b)
-        one_step[b] = summarise(time_interleaved(one_step_contenders(model), noise, rounds * 5), b)
-        print(f"batch {b}: " + ", ".join(f"{k} {v['median_ms']:.2f} ms ({v['ratio_to_bare']:.3f}x)" for k, v in batches[b].items()), flush=True)
+    default_threads = torch.get_num_threads()
+    rounds_for = {64: 100, 256: 60, 1024: 30}
+    configs = []
+    # Primary: one torch thread, process CPU time (robust to other jobs on the machine).
+    # Secondary: torch's default threads, wall-clock time (what a user sees, but load-sensitive).
+    plan = [(1, "cpu"), (1, "wall")]
+    if args.threads:  # optional: another thread count, wall clock (load-sensitive: with more torch threads than
+        plan.append((args.threads, "wall"))  # free cores, OpenMP barriers make every kernel wait on other jobs)
+    cache = {}
+    for threads, clock in plan:
+        torch.set_num_threads(threads)
+        if threads in cache:  # the same runs give both clocks
+            configs.append(dict(cache[threads], clock=clock))
+            continue
+        batches, one_step = {}, {}
+        for b in (64, 256, 1024):
+            rounds = args.rounds or (5 if args.quick else rounds_for[b])
+            noise = torch.randn(b, 2, generator=torch.Generator().manual_seed(b))
+            batches[b] = summarise(time_interleaved(fns, noise, rounds), b)
+            one_step[b] = summarise(time_interleaved(one_step_contenders(model), noise, rounds * 3), b)
+            print(f"threads {threads} {clock} batch {b}: " + ", ".join(
+                f"{k} {v[clock]['median_ms']:.2f} ms ({v[clock]['ratio_to_bare']:.3f}x, round {v[clock]['median_round_ratio']:.3f}x)"
+                for k, v in batches[b].items()), flush=True)
+        cache[threads] = {"threads": threads, "clock": clock, "rounds": {b: batches[b]["bare"]["rounds"] for b in batches},
+                          "batches": batches, "one_step": one_step}
+        configs.append(cache[threads])
+    torch.set_num_threads(default_threads)
 
     stream = []
     if not args.no_stream and not args.quick:
@@ -355,11 +386,9 @@ def main() -> None:
         "steps": steps,
         "dim": 2,
         "model": "Linear(3->256)-SiLU-Linear(256->256)-SiLU-Linear(256->256)-SiLU-Linear(256->2), t concatenated",
-        "rounds": {b: batches[b]["bare"]["rounds"] for b in batches},
         "contenders": names,
         "endpoint_max_abs_diff_vs_bare": agree,
-        "batches": batches,
-        "one_step": one_step,
+        "configs": configs,
         "stream": stream,
         "targets": {"flowgen_ratio_batch_ge_256": 1.03, "flowgen_ratio_batch_64": 1.15},
     }

@@ -174,11 +174,13 @@ def _euler(run: _Run, x: Tensor, opts: dict) -> Tensor:
     tv = run.tvecs(ts[:-1])
     cx, cp = run.linear(grid[:-1], V)
     ev, cb = run.ev, run.callback
-    # x_{i+1} = x + h (cx x + cp p) = (1 + h cx) x + (h cp) p
-    coef = [(1.0 + (ts[i + 1] - ts[i]) * cx[i], (ts[i + 1] - ts[i]) * cp[i]) for i in range(run.n)]
+    # x_{i+1} = x + h (cx x + cp p) = (1 + h cx) x + (h cp) p: one fused kernel when cx = 0.
+    a = [1.0 + (ts[i + 1] - ts[i]) * cx[i] for i in range(run.n)]
+    b = [(ts[i + 1] - ts[i]) * cp[i] for i in range(run.n)]
+    add = torch.add
     for i in run.steps():
-        a, b = coef[i]
-        x = _affine(x, a, ev(x, tv[i], i, ts[i]), b)
+        p = ev(x, tv[i], i, ts[i])
+        x = add(x, p, alpha=b[i]) if a[i] == 1.0 else add(x * a[i], p, alpha=b[i])
         if cb is not None:
             cb(i, ts[i + 1], x)
     return x
