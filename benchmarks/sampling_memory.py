@@ -127,6 +127,30 @@ def machine() -> dict:
             "threads": torch.get_num_threads(), "platform": platform.platform()}
 
 
+def render(result: dict) -> str:
+    """The markdown table of a result dict (also used with ``--render`` on a saved JSON)."""
+    st, summary, m = result["settings"], result["results"], result["machine"]
+    lines = [
+        f"# Peak memory of sampling {st['num']:,} 2-D samples ({st['device']})",
+        "",
+        f"{st['model']}, Euler {st['steps']} steps, rectified flow; chunk size {st['batch']}. "
+        f"Peak = {st['measure']} of a fresh process, minus the same process just before sampling; "
+        f"median of {st['repeats']} processes.",
+        "",
+        "| configuration | sampling peak (MiB) | ratio to all at once | process peak (MiB) | wall (s) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for c in CONFIGS:
+        r = summary[c]
+        lines.append(f"| {c} | {r['sampling_mib_median']:.1f} | {r['ratio_to_all_at_once']:.3f} | {r['peak_mib_median']:.1f} | "
+                     f"{r['wall_s_median']:.2f} |")
+    lines += ["", "All four configurations produce the same samples (same noise stream; equal first and second moments "
+              "in the JSON). Wall times are end to end on a shared machine under whatever load it had; they are not a "
+              "speed comparison (see benchmarks/sampler_overhead.py for that).",
+              "", f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, Python {m['python']}."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--num", type=int, default=1_000_000)
@@ -137,7 +161,12 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=2, help="fresh processes per configuration (the median is reported)")
     ap.add_argument("--worker", choices=CONFIGS)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--render", help="rewrite the .md of a saved JSON result and exit")
     args = ap.parse_args(argv)
+    if args.render:
+        result = json.loads(Path(args.render).read_text())
+        Path(args.render).with_suffix(".md").write_text(render(result))
+        return 0
     if args.worker:
         print(json.dumps(worker(args.worker, args.num, args.steps, args.hidden, args.batch, args.device)))
         return 0
@@ -169,23 +198,7 @@ def main(argv=None) -> int:
         "results": summary,
         "runs": runs,
     }
-    lines = [
-        f"# Peak memory of sampling {args.num:,} 2-D samples ({args.device})",
-        "",
-        f"MLP(2, hidden={args.hidden}, depth=3), Euler {args.steps} steps, rectified flow; chunk size {args.batch}. "
-        f"Peak = {result['settings']['measure']} of a fresh process, minus the same process just before sampling; "
-        f"median of {args.repeats} processes.",
-        "",
-        "| configuration | sampling peak (MiB) | ratio to all at once | process peak (MiB) | wall (s) |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for c in CONFIGS:
-        s = summary[c]
-        lines.append(f"| {c} | {s['sampling_mib_median']:.1f} | {s['ratio_to_all_at_once']:.3f} | {s['peak_mib_median']:.1f} | "
-                     f"{s['wall_s_median']:.2f} |")
-    m = result["machine"]
-    lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, Python {m['python']}."]
-    md = "\n".join(lines) + "\n"
+    md = render(result)
     print(json.dumps(result, indent=1))
     print(md)
     if not args.no_write:
