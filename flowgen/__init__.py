@@ -7,7 +7,7 @@ Convention: ``t ∈ [0, 1]``, ``t = 0`` is data, ``t = 1`` is noise,
 
 __version__ = "0.1.0.dev0"
 
-from . import objectives, paths
+from . import objectives, paths, samplers
 from .parameterization import Prediction, convert, from_data_noise, to_data_noise
 
-__all__ = ["__version__", "Prediction", "convert", "to_data_noise", "from_data_noise", "paths", "objectives"]
+__all__ = ["__version__", "Prediction", "convert", "to_data_noise", "from_data_noise", "paths", "objectives", "samplers"]

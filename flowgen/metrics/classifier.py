@@ -147,7 +147,9 @@ def train_digits_classifier(
 
 
 def _train(x: Tensor, y: Tensor, *, epochs: int, seed: int, batch_size: int, lr: float) -> DigitsClassifier:
-    with torch.random.fork_rng(devices=[]):
+    # Training may be triggered from inside an evaluation context (e.g. Lightning's validation
+    # loop runs under inference mode): gradients must be on regardless.
+    with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad():
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         model = DigitsClassifier()

@@ -53,7 +53,7 @@ class _Oracle:
         if tuple(x_t.shape[1:]) != self.event_shape:
             raise ValueError(f"x_t must have shape (B, {', '.join(map(str, self.event_shape))}), got {tuple(x_t.shape)}")
         check_time(t, "t", batch=x_t.shape[0], device=x_t.device)
-        return x_t.detach().reshape(x_t.shape[0], self.dim).to(torch.float64)
+        return x_t.reshape(x_t.shape[0], self.dim).to(torch.float64)
 
     def _unflat(self, y: Tensor, like: Tensor) -> Tensor:
         return y.reshape(like.shape).to(like.dtype)

@@ -52,32 +52,6 @@ def exact_end(orc: GaussianData, path, x: torch.Tensor, t: float, s: float) -> t
     return orc.flow_map(x, t=torch.full((n,), t, dtype=F64), s=torch.full((n,), s, dtype=F64), path=path)
 
 
-class DifferentiableOracle(torch.nn.Module):
-    """The Gaussian oracle's prediction as an explicit affine map of ``x_t`` (so autograd sees it).
-
-    ``GaussianData.predict`` detaches ``x_t``; for fixed ``t`` the Bayes-optimal prediction is
-    affine in ``x_t``, so ``p(x) = p(0) + J x`` with ``J`` read off from unit vectors exactly.
-    """
-
-    def __init__(self, orc: GaussianData, path, prediction):
-        super().__init__()
-        self.orc, self.path, self.prediction = orc, path, Prediction.parse(prediction)
-        self.calls = 0
-
-    def forward(self, x, t, cond=None):
-        self.calls += 1
-        b, d = x.shape
-        zero = torch.zeros(b, d, dtype=x.dtype)
-        p0 = self.orc.predict(zero, t, self.path, self.prediction)
-        cols = []
-        for j in range(d):
-            e = zero.clone()
-            e[:, j] = 1.0
-            cols.append(self.orc.predict(e, t, self.path, self.prediction) - p0)
-        jac = torch.stack(cols, -1)
-        return p0 + (jac @ x[..., None])[..., 0]
-
-
 class ConditionalOracle(torch.nn.Module):
     """``model(x, t, cond)``: the oracle of ``oracles[cond[i]]`` for sample ``i``; counts calls and batch sizes."""
 

@@ -10,7 +10,7 @@ import torch
 from flowgen.paths import VP, Cosine, RectifiedFlow
 from flowgen.samplers import log_likelihood
 
-from _sampler_helpers import DifferentiableOracle, oracle
+from _sampler_helpers import oracle
 
 
 @pytest.mark.parametrize("path_cls, prediction", [(RectifiedFlow, "velocity"), (Cosine, "v")])
@@ -19,7 +19,7 @@ def test_exact_divergence_matches_closed_form(path_cls, prediction):
     orc = oracle(dim=3)
     path = path_cls()
     data = orc.sample(6, generator=torch.Generator().manual_seed(2))
-    model = DifferentiableOracle(orc, path, prediction)
+    model = orc.model(path, prediction)
     res = log_likelihood(model, path, data, prediction=prediction, atol=1e-8, rtol=1e-8)
     torch.testing.assert_close(res.log_prob, orc.log_prob(data), atol=1e-5, rtol=0)
     assert res.nfe == model.calls
@@ -33,7 +33,7 @@ def test_vp_with_exact_marginal_prior():
     t_min, t_max = path.t_min, path.t_max
     mean, cov = orc.marginal(t_min, path)
     x = mean + torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) @ torch.linalg.cholesky(cov).T
-    model = DifferentiableOracle(orc, path, "noise")
+    model = orc.model(path, "noise")
     res = log_likelihood(model, path, x, prediction="noise", prior=lambda z: orc.log_prob(z, t=t_max, path=path), atol=1e-8, rtol=1e-8)
     torch.testing.assert_close(res.log_prob, orc.log_prob(x, t=t_min, path=path), atol=1e-5, rtol=0)
 
@@ -44,7 +44,7 @@ def test_hutchinson_agrees_in_expectation():
     reps = 64
     point = orc.sample(2, generator=torch.Generator().manual_seed(1))
     data = point.repeat_interleave(reps, 0)  # each point with `reps` independent probes
-    model = DifferentiableOracle(orc, path, "velocity")
+    model = orc.model(path, "velocity")
     # A fixed grid keeps the probes' randomness out of the step-size control (RK4 error ~1e-6 here).
     res = log_likelihood(model, path, data, prediction="velocity", divergence="hutchinson", method="rk4", steps=16,
                          generator=torch.Generator().manual_seed(3))
@@ -59,7 +59,7 @@ def test_gaussian_probes_and_fixed_grid_method():
     orc = oracle(dim=2)
     path = RectifiedFlow()
     data = orc.sample(3, generator=torch.Generator().manual_seed(1))
-    model = DifferentiableOracle(orc, path, "velocity")
+    model = orc.model(path, "velocity")
     exact = log_likelihood(model, path, data, prediction="velocity", method="rk4", steps=40)
     torch.testing.assert_close(exact.log_prob, orc.log_prob(data), atol=1e-5, rtol=0)
     hutch = log_likelihood(model, path, data, prediction="velocity", method="rk4", steps=20, divergence="hutchinson",
@@ -71,7 +71,7 @@ def test_likelihood_bad_input():
     orc = oracle(dim=2)
     path = RectifiedFlow()
     data = orc.sample(2)
-    model = DifferentiableOracle(orc, path, "data")
+    model = orc.model(path, "data")
     with pytest.raises(ValueError, match="evaluates the model at both ends"):
         log_likelihood(model, path, data, prediction="data")  # data model at t = 0, σ = 0
     with pytest.raises(ValueError, match="unknown divergence"):
