@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 from enum import Enum
 
-import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor

@@ -14,7 +14,6 @@ References:
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F

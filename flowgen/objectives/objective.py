@@ -17,8 +17,8 @@ from ..paths.base import Path
 from .coupling import Coupling, IndependentCoupling, get_coupling
 from .functional import _coefficients, _loss
 from .metrics import get_metric
-from .time import TimeDistribution, UniformTime, get_time_distribution
-from .weighting import UniformWeight, Weighting, get_weighting
+from .time import TimeDistribution, get_time_distribution
+from .weighting import Weighting, get_weighting
 
 __all__ = ["Objective", "ObjectiveOutput", "call_model"]
 

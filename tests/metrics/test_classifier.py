@@ -12,7 +12,6 @@ from flowgen.metrics import (
     digits_classifier_cache_path,
     digits_features,
     digits_frechet_distance,
-    frechet_distance,
     pretrained_digits_classifier,
     train_digits_classifier,
 )
