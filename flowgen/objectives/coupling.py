@@ -73,44 +73,55 @@ class ExactOTCoupling(Coupling):
 
 
 class SinkhornCoupling(Coupling):
-    """Entropic minibatch OT by log-domain Sinkhorn; partners drawn from the plan's rows.
+    """Entropic minibatch OT by Sinkhorn scaling; partners drawn from the plan's rows.
+
+    The kernel ``K = exp(−cost/(reg·mean cost))`` is shifted so that every row and every column
+    holds an entry equal to 1 (a diagonal rescaling, which Sinkhorn's scalings absorb exactly), so
+    no row or column underflows to zero. The scalings are iterated as matrix–vector products —
+    far cheaper than log-domain updates — in float64 on the CPU and float32 on accelerators.
 
     Args:
         reg: entropic regularisation, relative to the mean pairwise cost (smaller is closer to exact OT).
         max_iter: iteration cap.
-        tol: stop when the column marginals are off by less than this (checked every 10 iterations).
+        tol: stop when the row marginals are off by less than this, relative (checked every 10
+            iterations; the column marginals are exact after each iteration).
     """
 
     def __init__(self, reg: float = 0.05, max_iter: int = 200, tol: float = 1e-3):
-        if not (reg > 0):
-            raise ValueError(f"reg must be > 0, got {reg!r}")
+        if not (isinstance(reg, (int, float)) and math.isfinite(reg) and reg > 0):
+            raise ValueError(f"reg must be > 0 and finite, got {reg!r}")
         if not (isinstance(max_iter, int) and max_iter >= 1):
             raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
         self.reg, self.max_iter, self.tol = float(reg), max_iter, float(tol)
 
-    def plan(self, data: Tensor, noise: Tensor) -> Tensor:
-        """Log of the entropic plan ``(B, B)`` with uniform marginals."""
+    def _scaled_plan(self, data: Tensor, noise: Tensor) -> Tensor:
         cost = _plan_cost(data, noise)
-        kernel = -cost / (self.reg * cost.mean().clamp_min(1e-12))
+        dtype = torch.float64 if cost.device.type == "cpu" else torch.float32
+        c = cost.to(dtype) / (self.reg * cost.mean().to(dtype).clamp_min(1e-30))
+        c = c - c.amin(dim=1, keepdim=True)
+        c = c - c.amin(dim=0, keepdim=True)
+        kernel = torch.exp(-c)
         n, m = kernel.shape
-        log_a = torch.full((n,), -float(np.log(n)), device=kernel.device)
-        log_b = torch.full((m,), -float(np.log(m)), device=kernel.device)
-        f = torch.zeros(n, device=kernel.device)
-        g = torch.zeros(m, device=kernel.device)
+        u = torch.ones(n, dtype=dtype, device=kernel.device)
+        v = torch.ones(m, dtype=dtype, device=kernel.device)
+        tiny = torch.finfo(dtype).tiny
         for i in range(self.max_iter):
-            f = log_a - torch.logsumexp(kernel + g[None, :], dim=1)
-            g = log_b - torch.logsumexp(kernel + f[:, None], dim=0)
-            if (i + 1) % 10 == 0:
-                col = torch.logsumexp(kernel + f[:, None] + g[None, :], dim=0).exp()
-                row = torch.logsumexp(kernel + f[:, None] + g[None, :], dim=1).exp()
-                if float((row * n - 1).abs().max()) < self.tol and float((col * m - 1).abs().max()) < self.tol:
-                    break
-        return kernel + f[:, None] + g[None, :]
+            u = (1.0 / n) / (kernel @ v).clamp_min(tiny)
+            v = (1.0 / m) / (kernel.T @ u).clamp_min(tiny)
+            if (i + 1) % 10 == 0 and float((u * (kernel @ v) * n - 1).abs().max()) < self.tol:
+                break
+        return u[:, None] * kernel * v[None, :]
+
+    def plan(self, data: Tensor, noise: Tensor) -> Tensor:
+        """Log of the entropic plan ``(B, B)`` with uniform marginals (``-inf`` where it underflows)."""
+        return torch.log(self._scaled_plan(data, noise))
 
     def __call__(self, data, noise, generator=None):
-        log_plan = self.plan(data, noise)
-        probs = torch.softmax(log_plan, dim=1)
-        cols = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        plan = self._scaled_plan(data, noise)
+        # inverse-CDF draw of one partner per row (torch.multinomial is ~20x slower here)
+        cdf = plan.cumsum(dim=1)
+        u = torch.rand(plan.shape[0], 1, generator=generator, dtype=plan.dtype, device=plan.device) * cdf[:, -1:]
+        cols = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_max(plan.shape[1] - 1)
         return noise[cols]
 
 
