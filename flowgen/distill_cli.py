@@ -44,6 +44,8 @@ __all__ = [
     "EvalProtocol",
     "make_protocol",
     "evaluate_entries",
+    "reference_samples",
+    "with_ratios",
     "teacher_entries",
     "student_entries",
     "line_plot_png",
@@ -117,6 +119,7 @@ def run_distill(argv: list[str], *, run: bool = True):
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*modules? in eval mode.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    warnings.filterwarnings("ignore", ".*LightningCLI's args parameter.*")  # flowgen distill rewrites its argv
     return run_lightning_cli(args, model_class=DistillModule, subclass_mode_model=True, prog="flowgen distill", run=run)
 
 
@@ -226,7 +229,7 @@ def make_protocol(meta: dict, *, num: int = 2000, repeats: int = 1, seed: int = 
             ref = sample_toy(name, num, generator=torch.Generator().manual_seed(base + 7919 * i))
             other = sample_toy(name, num, generator=torch.Generator().manual_seed(10_000_019 + base + 104_729 * i + seed))
             proto.refs.append(ref)
-            proto.floors.append(proto.distance(other, 0 if False else len(proto.refs) - 1))
+            proto.floors.append(proto.distance(other, len(proto.refs) - 1))
     elif cls.endswith("DigitsDataModule"):
         from .data.digits import load_digits
 
@@ -261,25 +264,16 @@ class Entry:
     group: str = ""
 
 
-def teacher_entries(teacher, path, prediction, *, euler=(1, 2, 4, 8, 16, 32), heun=(2, 4, 8), reference="dopri5"):
-    """Entries for a teacher network: its reference adaptive sampler, Euler and Heun at several step counts."""
+def teacher_entries(teacher, path, prediction, *, euler=(1, 2, 4, 8, 16, 32), heun=(2, 4, 8)):
+    """Entries for a teacher network: Euler and Heun at several step counts (the reference: :func:`reference_samples`)."""
     from .samplers import sample
 
-    out = []
-
     def make(method, steps):
-        def fn(noise, i):
-            res = sample(teacher, path, noise, prediction=prediction, method=method, steps=steps)
-            fn.nfe = res.nfe // max(1, math.ceil(noise.shape[0] / noise.shape[0]))
-            return res.samples
-        fn.nfe = None
-        return fn
+        return lambda noise, i: sample(teacher, path, noise, prediction=prediction, method=method, steps=steps).samples
 
-    out.append(Entry("teacher", reference, None, make(reference, None), group="teacher_reference"))
-    for k in euler:
-        out.append(Entry("teacher", "euler", k, make("euler", k), nfe=k, group="teacher_euler"))
-    for k in heun:
-        out.append(Entry("teacher", "heun", k, make("heun", k), group="teacher_heun"))
+    # NFE: Euler's is its step count; Heun's and the adaptive sampler's are counted (see evaluate_entries)
+    out = [Entry("teacher", "euler", k, make("euler", k), nfe=k, group="teacher_euler") for k in euler]
+    out += [Entry("teacher", "heun", k, make("heun", k), group="teacher_heun") for k in heun]
     return out
 
 
@@ -300,8 +294,8 @@ def student_entries(name: str, generator, steps=None, *, seed: int = 0):
     return out
 
 
-def _nfe_counter(entry: Entry, model):
-    """Count the network calls of one sampling call with a forward hook (where the model is a module)."""
+def _nfe_counter(model):
+    """``(calls, hook)``: counts the network's calls (each on the whole batch: the NFE per sample) with a forward hook."""
     import torch
 
     calls = [0]
@@ -326,7 +320,7 @@ def evaluate_entries(entries: list[Entry], protocol: EvalProtocol, *, reference:
         nfe = e.nfe
         for i in range(protocol.repeats):
             noise = protocol.noises[i]
-            calls, hook = _nfe_counter(e, count_model) if count_model is not None and nfe is None else ([0], None)
+            calls, hook = _nfe_counter(count_model) if count_model is not None and e.nfe is None else ([0], None)
             t0 = time.perf_counter()
             with torch.no_grad():
                 x = e.fn(noise, i)
@@ -337,8 +331,6 @@ def evaluate_entries(entries: list[Entry], protocol: EvalProtocol, *, reference:
             ds.append(protocol.distance(x, i))
             if reference is not None:
                 rms.append(float((x.double() - reference[i].double()).flatten(1).pow(2).sum(1).mean().sqrt()))
-            if e.group == "teacher_reference" and reference is not None and len(reference) < protocol.repeats:
-                pass
         d = sum(ds) / len(ds)
         row = {"model": e.model, "sampler": e.sampler, "steps": e.steps, "nfe": nfe, "d": d,
                "d_std": float(torch.tensor(ds).std()) if len(ds) > 1 else 0.0,
@@ -350,27 +342,40 @@ def evaluate_entries(entries: list[Entry], protocol: EvalProtocol, *, reference:
         rows.append(row)
         if progress:
             progress(row)
-    floor = protocol.floor
     for row in rows:
-        row["floor"] = floor
-        if ref_d is not None and math.isfinite(floor) and ref_d - floor > 0:
-            row["R"] = (row["d"] - floor) / (ref_d - floor)
-        else:
-            row["R"] = None
+        row["floor"] = protocol.floor
+        row.setdefault("R", None)
     return rows
 
 
-def reference_samples(teacher, path, prediction, protocol: EvalProtocol, method: str = "dopri5") -> list:
-    """The teacher's reference samples on each of the protocol's noise sets."""
-    import torch
+def reference_samples(teacher, path, prediction, protocol: EvalProtocol, method: str = "dopri5"):
+    """The teacher's reference samples on each of the protocol's noise sets, and its evaluation row.
 
+    Returns:
+        ``(samples, row)``: one ``(num, *D)`` tensor per noise set, and the ``teacher_reference``
+        row (``d``, NFE counted by a forward hook, sampling time) in :func:`evaluate_entries`' format.
+    """
     from .samplers import sample
 
     out = []
-    with torch.no_grad():
-        for noise in protocol.noises:
-            out.append(sample(teacher, path, noise, prediction=prediction, method=method).samples)
-    return out
+
+    def fn(noise, i):
+        x = sample(teacher, path, noise, prediction=prediction, method=method).samples
+        out.append(x)
+        return x
+
+    rows = evaluate_entries([Entry("teacher", method, None, fn, group="teacher_reference")], protocol, count_model=teacher)
+    rows[0]["rms_to_reference"] = 0.0
+    return out, rows[0]
+
+
+def with_ratios(rows: list[dict], floor: float) -> list[dict]:
+    """Set ``R`` on every row against the ``teacher_reference`` row: ``(d − floor)/(d_ref − floor)``."""
+    d_ref = next((r["d"] for r in rows if r["group"] == "teacher_reference"), None)
+    for r in rows:
+        ok = d_ref is not None and math.isfinite(floor) and d_ref > floor
+        r["R"] = (r["d"] - floor) / (d_ref - floor) if ok else None
+    return rows
 
 
 # =============================================================================================
@@ -708,17 +713,15 @@ def run_report(config: str, *, out: str | None = None, steps_scale: float | None
     protocol = make_protocol(meta, num=int(ev.get("num_samples", 2000)), repeats=int(ev.get("repeats", 1)), seed=seed)
     log(f"[report] evaluating ({protocol.metric}, {protocol.repeats} × {protocol.noises[0].shape[0]} samples, "
         f"floor {protocol.floor:.4g})")
-    ref = reference_samples(teacher, path, prediction, protocol)
+    ref, ref_row = reference_samples(teacher, path, prediction, protocol)
     entries = teacher_entries(teacher, path, prediction, euler=tuple(ev.get("teacher_euler_steps", (1, 2, 4, 8, 16, 32))),
                               heun=tuple(ev.get("teacher_heun_steps", (2, 4, 8))))
-    rows = evaluate_entries(entries, protocol, reference=ref, count_model=teacher)
+    rows = [ref_row] + evaluate_entries(entries, protocol, reference=ref, count_model=teacher)
+    noise0 = protocol.noises[0]
     shown = {"teacher dopri5": ref[0]}
-    for row in rows:
-        if row["sampler"] == "euler" and row["steps"] == 1:
-            pass
-    euler1 = next((e for e in entries if e.sampler == "euler" and e.steps == 1), None)
-    if euler1 is not None:
-        shown["teacher euler 1"] = euler1.fn(protocol.noises[0], 0)
+    for e in entries:
+        if e.sampler == "euler" and e.steps in (1, 4):
+            shown[f"teacher euler {e.steps}"] = e.fn(noise0, 0)
     for name, snaps in students.items():
         for label, file, steps in _snapshot_plan(name, snaps, ev.get("student_steps")):
             gen = load_student(file)
@@ -728,15 +731,13 @@ def run_report(config: str, *, out: str | None = None, steps_scale: float | None
                 r["train_seconds"] = times[name]
                 r["checkpoint"] = file
             rows += srows
-            k1 = min(gen.supported_steps) if gen.supported_steps else 1
-            if label.endswith("N=1") or label.endswith("distilled") or gen.supported_steps is None or label == name:
-                if not any(t.startswith(label) for t in shown):
-                    shown[f"{label} {k1} step"] = gen.sample(protocol.noises[0], steps=k1, generator=torch.Generator().manual_seed(seed))
-    # recompute R against the teacher reference row
+            # samples figure: each student at its fewest steps (progressive: N = 1; reflow: the distilled student)
+            ks = [r["steps"] for r in srows]
+            if ks and min(ks) == 1 and "round" not in label:
+                shown[f"{label} 1 step"] = gen.sample(noise0, steps=1, generator=torch.Generator().manual_seed(seed))
     floor = protocol.floor
-    d_ref = next(r["d"] for r in rows if r["group"] == "teacher_reference")
+    with_ratios(rows, floor)
     for r in rows:
-        r["R"] = (r["d"] - floor) / (d_ref - floor) if math.isfinite(floor) and d_ref > floor else None
         r["time_vs_teacher_training"] = (r["train_seconds"] / teacher_s) if r.get("train_seconds") else None
 
     figures = os.path.join(out, "figures")

@@ -207,6 +207,21 @@ def student_metadata(generator, *, model_spec: dict | None, data_shape, weights_
     )
 
 
+def _distance_fn(shape: tuple[int, ...]):
+    """``(samples, reference) → float``: the digits Fréchet distance for 8×8 digits, else the squared W2."""
+    if tuple(shape) == (1, 8, 8):
+        from ..metrics import digits_frechet_distance
+
+        return lambda x, r: float(digits_frechet_distance(x.float().cpu(), r.float().cpu()))
+    from ..metrics.distances import w2_squared
+
+    def w2(x, r):
+        n = min(x.shape[0], r.shape[0])
+        return float(w2_squared(x[:n].double().cpu().flatten(1), r[:n].double().cpu().flatten(1)))
+
+    return w2
+
+
 # =============================================================================================
 # the shared base
 # =============================================================================================
@@ -356,6 +371,8 @@ class DistillModule(pl.LightningModule):
         self._pending_rng: dict | None = None
         self._pending_state: dict | None = None
         self._k = 0
+        self._loss_sum: Tensor | None = None
+        self._loss_n = 0
         self._val_ref: list[Tensor] = []
         self.last_metrics: dict[str, float] = {}
         self.last_samples: Tensor | None = None  # fewest-step samples of the last validation (for SamplePlotCallback)
@@ -556,9 +573,27 @@ class DistillModule(pl.LightningModule):
 
             raise NonFiniteLossError(f"non-finite distillation loss ({float(loss)}) at global step {self._k} "
                                      f"({self.phase_name(self.phase)}); lower the learning rate or check the teacher")
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=data.shape[0])
-        self.log("train/phase", float(self.phase), on_step=True, on_epoch=False, batch_size=data.shape[0])
+        # Lightning's self.log costs milliseconds per call: log (a window mean) only where the logger writes
+        self._loss_sum = loss.detach() + (self._loss_sum if self._loss_sum is not None else 0.0)
+        self._loss_n += 1
+        if self._should_log():
+            self.log("train/loss", self._loss_sum / self._loss_n, on_step=True, on_epoch=False, prog_bar=True,
+                     batch_size=data.shape[0])
+            self.log("train/phase", float(self.phase), on_step=True, on_epoch=False, batch_size=data.shape[0])
+            for k, v in self.step_logs(self._k).items():
+                self.log(k, v, on_step=True, on_epoch=False, batch_size=data.shape[0])
+            self._loss_sum, self._loss_n = None, 0
         return loss
+
+    def _should_log(self) -> bool:
+        try:
+            return bool(self.trainer._logger_connector.should_update_logs)
+        except (AttributeError, RuntimeError):
+            return True
+
+    def step_logs(self, step: int) -> dict[str, float]:
+        """Extra scalars logged with the loss (on logging steps only)."""
+        return {}
 
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
@@ -855,7 +890,16 @@ class ConsistencyModule(DistillModule):
         p_mean, p_std: the lognormal's parameters.
         sigma_data: σ_d of the boundary-condition preconditioning.
         max_sample_steps: the largest multistep count of the generator.
-        sample_times: ``{k: [τ_0 … τ_{k−1}]}`` explicit multistep times (default: ρ-schedule).
+        sample_times: ``{k: [τ_0 … τ_{k−1}]}`` explicit multistep times (default: ρ-schedule, or tuned).
+        tune_sample_times: at the end of training choose the multistep times greedily (``τ_1`` for
+            2 steps, then ``τ_2`` for 3 …, each among ``tune_candidates`` times of the ρ-schedule),
+            minimising the squared W2 (Fréchet distance for 8×8 digits) between ``tune_num`` samples
+            and a reference: the teacher's samples (Heun, ``tune_reference_steps`` steps) for
+            distillation (the distillation target, never held-out data), recent training batches for
+            consistency training. Song et al. 2023
+            (Sec. 6) pick their multistep times by such a greedy search.
+        tune_num, tune_candidates, tune_reference_steps: samples, candidate times and the teacher's
+            Heun steps of the search.
         total_steps: the run's optimizer steps (the single phase's length; default ``trainer.max_steps``).
         **kwargs: the shared arguments of :class:`DistillModule`.
 
@@ -872,6 +916,8 @@ class ConsistencyModule(DistillModule):
                  rho: float = 7.0, metric: str | None = None, weighting: str | None = None,
                  index_distribution: str | None = None, p_mean: float = -1.1, p_std: float = 2.0,
                  sigma_data: float = 0.5, max_sample_steps: int = 4, sample_times: dict | None = None,
+                 tune_sample_times: bool = False, tune_num: int = 2000, tune_candidates: int = 24,
+                 tune_reference_steps: int = 32,
                  total_steps: int | None = None, init_from_teacher: bool = False, **kwargs):
         if mode not in ("distillation", "training"):
             raise ValueError(f"mode must be 'distillation' or 'training', got {mode!r}")
@@ -908,7 +954,12 @@ class ConsistencyModule(DistillModule):
             p_mean=p_mean, p_std=p_std, sigma_data=sigma_data, event_shape=self.data_shape)
         self.solver = solver
         self.max_sample_steps = _check_pos_int(max_sample_steps, "max_sample_steps")
-        self.sample_times = sample_times
+        self.sample_times = None if sample_times is None else {int(k): [float(t) for t in v] for k, v in dict(sample_times).items()}
+        self.tune_sample_times = bool(tune_sample_times)
+        self.tune_num = _check_pos_int(tune_num, "tune_num", low=16)
+        self.tune_candidates = _check_pos_int(tune_candidates, "tune_candidates", low=3)
+        self.tune_reference_steps = _check_pos_int(tune_reference_steps, "tune_reference_steps")
+        self._recent: list[Tensor] = []
         self.distiller = self._make_distiller(self.total_steps_arg or 1000)
         self.student = self.distiller.consistency_function(self._take_student())
         self.target = _frozen(copy.deepcopy(self.student))
@@ -960,9 +1011,76 @@ class ConsistencyModule(DistillModule):
         kw = {"step_times": self.sample_times} if self.sample_times else {"max_steps": self.max_sample_steps}
         return self.distiller.student_generator(self.student, **kw)
 
+    def _remember(self, data: Tensor) -> None:
+        """Keep the most recent ``tune_num`` training samples (the reference of consistency training's time search)."""
+        if not (self.tune_sample_times and self.mode == "training"):
+            return
+        self._recent.append(data.detach())
+        while sum(x.shape[0] for x in self._recent) - self._recent[0].shape[0] >= self.tune_num:
+            self._recent.pop(0)
+
+    @torch.no_grad()
+    def tune_times(self, reference: Tensor | None = None) -> dict[int, list[float]]:
+        """Greedy search of the multistep sampling times (see ``tune_sample_times``); sets and returns them."""
+        from ..distill import ConsistencyGenerator, consistency_grid
+        from ..samplers import sample
+
+        was = self.student.training
+        self.student.eval()
+        g = torch.Generator().manual_seed(self.val_seed + 12345)
+        shape = tuple(self.data_shape)
+        noise = torch.randn((self.tune_num, *shape), generator=g).to(self.device)
+        if reference is None:
+            if self.mode == "distillation":
+                reference = sample(self.teacher, self.teacher_flow_path, noise, prediction=self.teacher_pred,
+                                   method="heun", steps=self.tune_reference_steps).samples
+            else:
+                if not self._recent:
+                    return self.sample_times or {}
+                reference = torch.cat(self._recent)[-self.tune_num:]
+        d = self.distiller
+        cand = consistency_grid(self.tune_candidates + 2, self.flow_path, t_min=d.t_min, t_max=d.t_max, rho=d.rho)[1:-1].tolist()
+        metric = _distance_fn(shape)
+        times = {1: [d.t_max]}
+        best: list[float] = [d.t_max]
+        scores = {}
+        for k in range(2, self.max_sample_steps + 1):
+            results = []
+            for tau in [c for c in cand if c < best[-1]]:
+                trial = best + [tau]
+                gen = ConsistencyGenerator(self.student, self.flow_path, t_min=d.t_min, t_max=d.t_max,
+                                           step_times={k: trial}, rho=d.rho, sigma_data=d.sigma_data)
+                x = gen.sample(noise, steps=k, generator=torch.Generator().manual_seed(self.val_seed + k))
+                results.append((metric(x, reference), tau))
+            if not results:
+                break
+            score, tau = min(results)
+            best = best + [tau]
+            times[k] = list(best)
+            scores[k] = score
+        self.sample_times = times
+        self.tuned_scores = scores
+        self.student.train(was)
+        return times
+
+    def on_train_end(self) -> None:
+        if self.tune_sample_times and self.data_shape is not None:
+            self.tune_times()
+        super().on_train_end()
+
+    def method_state(self) -> dict:
+        return {"sample_times": {str(k): v for k, v in (self.sample_times or {}).items()}}
+
+    def load_method_state(self, state: dict) -> None:
+        st = state.get("sample_times") or {}
+        if st:
+            self.sample_times = {int(k): [float(t) for t in v] for k, v in st.items()}
+
+    def step_logs(self, step: int) -> dict[str, float]:
+        return {"train/target_decay": float(self.distiller.ema_decay(step)), "train/num_scales": float(self.distiller.num_scales(step))}
+
     def distill_loss(self, data, step):
-        self.log("train/target_decay", float(self.distiller.ema_decay(step)), on_step=True, on_epoch=False, batch_size=1)
-        self.log("train/num_scales", float(self.distiller.num_scales(step)), on_step=True, on_epoch=False, batch_size=1)
+        self._remember(data)
         return self.distiller.loss(self.student, data, target_net=self.target, step=step, generator=self._draw_generator())
 
     def after_optimizer_step(self, step: int) -> None:

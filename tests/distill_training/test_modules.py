@@ -248,3 +248,34 @@ def test_validation_logs_the_distance_at_each_supported_step_count(rf_teacher, t
     trainer_factory(tmp_path, 2, limit_val_batches=1.0, val_every=2).fit(module, _data())
     assert set(module.last_metrics) == {"val/w2_1step", "val/w2_2step"}
     assert module.last_samples.shape == (64, 2) and module.last_reference.shape == (64, 2)
+
+
+def test_consistency_multistep_times_are_chosen_greedily_and_stored(rf_teacher, tmp_path, trainer_factory):
+    from flowgen.distill import ConsistencyGenerator
+    from flowgen.metrics.distances import w2_squared
+    from flowgen.samplers import sample
+
+    pl.seed_everything(0, verbose=False)
+    m = ConsistencyModule(rf_teacher, num_scales=6, sigma_data=1.0, tune_sample_times=True, tune_num=64, tune_candidates=5,
+                          max_sample_steps=3)
+    trainer_factory(tmp_path, 3, checkpoint_every=3).fit(m, _data())
+    times, d = m.sample_times, m.distiller
+    assert sorted(times) == [1, 2, 3] and times[1] == [d.t_max]
+    for k in (2, 3):  # greedy: each count extends the previous one with a strictly lower time
+        assert times[k][:-1] == times[k - 1] and times[k][-1] < times[k - 1][-1] and times[k][-1] > d.t_min
+    # τ_1 is the candidate whose 2-step samples are closest (squared W2) to the teacher's (Heun) samples
+    noise = torch.randn((64, 2), generator=torch.Generator().manual_seed(m.val_seed + 12345))
+    ref = sample(m.teacher, m.teacher_flow_path, noise, prediction=m.teacher_pred, method="heun", steps=32).samples
+    from flowgen.distill import consistency_grid
+
+    cands = consistency_grid(7, d.path, t_min=d.t_min, t_max=d.t_max, rho=d.rho)[1:-1].tolist()
+    scores = {}
+    for tau in cands:
+        gen = ConsistencyGenerator(m.student, d.path, t_min=d.t_min, t_max=d.t_max, step_times={2: [d.t_max, tau]},
+                                   sigma_data=d.sigma_data)
+        scores[tau] = w2_squared(gen.sample(noise, steps=2, generator=torch.Generator().manual_seed(m.val_seed + 2)).double(),
+                                 ref.double())
+    assert times[2][1] == min(scores, key=scores.get)
+    meta = safe_load(tmp_path / "checkpoints" / "last.ckpt")["flowgen"]
+    assert meta["generator"]["step_times"] == {str(k): v for k, v in times.items()}
+    assert load_student(tmp_path / "checkpoints" / "last.ckpt").step_times == times

@@ -1,0 +1,286 @@
+"""Distillation quality: R_k of every method's student against its teacher, on 2-D toys and the digits.
+
+For each data set and seed: train a rectified-flow teacher with the teacher recipe, distil it with
+the recipes of ``recipes/distill/`` (progressive, consistency distillation, reflow + 1-step
+distillation, consistency training), then measure, with ``d`` the squared W2 between 2000 samples
+and held-out data (the digits classifier Fréchet distance for the digits) and ``floor`` the same
+distance between two independent data draws,
+
+    R_k = (d(student at k steps) − floor) / (d(teacher's adaptive dopri5) − floor),
+
+the distillation error (RMS distance between student and teacher-dopri5 endpoints on the same
+noise), sampling throughput against the teacher's dopri5, and each method's training wall time
+relative to the teacher's. ``d`` is the mean over ``--repeats`` evaluation sets (independent
+held-out draws and noise); every model is evaluated on the same sets.
+
+Everything runs in this process through the same code as ``flowgen fit`` / ``flowgen distill``
+(in-process LightningCLI), so the numbers are those of the recipes.
+
+Usage::
+
+    python benchmarks/distill_quality.py --quick                      # toys, reduced budgets (≈ 40 min on 2 CPU cores)
+    python benchmarks/distill_quality.py                              # toys, the recipes' full budgets, 3 seeds
+    python benchmarks/distill_quality.py --data digits --seeds 0      # the digits (U-Net teacher; hours on a CPU)
+
+Results: ``benchmarks/results/distill_quality.json`` and ``.md`` (with the machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+TOYS = ("moons", "checkerboard", "gmm")
+
+#: Targets of issue 5: (method, k) → R_k bound.
+TARGETS = {("consistency_distillation", 1): 1.3, ("consistency_distillation", 2): 1.1, ("progressive", 4): 1.1,
+           ("progressive", 2): 1.3, ("progressive", 1): 2.0, ("reflow", 1): 1.3}
+
+#: data → (teacher recipe, {method: distillation recipe}).
+RECIPES = {
+    "toy": ("recipes/rf_moons.yaml", {
+        "progressive": "recipes/distill/progressive_moons.yaml",
+        "consistency_distillation": "recipes/distill/cd_moons.yaml",
+        "reflow": "recipes/distill/reflow_moons.yaml",
+        "consistency_training": "recipes/distill/ct_moons.yaml",
+    }),
+    "digits": ("recipes/rf_digits.yaml", {
+        "progressive": "recipes/distill/progressive_digits.yaml",
+        "consistency_distillation": "recipes/distill/cd_digits.yaml",
+        "reflow": "recipes/distill/reflow_digits.yaml",
+        "consistency_training": "recipes/distill/ct_digits.yaml",
+    }),
+}
+
+#: --quick overrides (LightningCLI arguments) per data kind: the toys' budgets that fit ~40 min on 2 shared cores.
+QUICK = {
+    "toy": {
+        "teacher": ["--trainer.max_steps", "4000", "--model.model.init_args.hidden", "128"],
+        "progressive": ["--trainer.max_steps", "7800", "--model.init_args.student_steps", "32", "--model.init_args.lr", "0.001",
+                        "--model.init_args.steps_per_round", "[800, 800, 1000, 1200, 1600, 2400]"],
+        "consistency_distillation": ["--trainer.max_steps", "9000"],
+        "reflow": ["--trainer.max_steps", "4000", "--model.init_args.steps_per_round", "1500",
+                   "--model.init_args.distill_steps", "2500", "--model.init_args.num_pairs", "20000"],
+        "consistency_training": ["--trainer.max_steps", "3000"],
+    },
+    "digits": {
+        "teacher": ["--trainer.max_steps", "1500", "--model.model.init_args.base_channels", "16"],
+        "progressive": ["--trainer.max_steps", "1200", "--model.init_args.student_steps", "16",
+                        "--model.init_args.steps_per_round", "200"],
+        "consistency_distillation": ["--trainer.max_steps", "1000"],
+        "reflow": ["--trainer.max_steps", "1000", "--model.init_args.steps_per_round", "400",
+                   "--model.init_args.distill_steps", "600", "--model.init_args.num_pairs", "2000"],
+        "consistency_training": ["--trainer.max_steps", "1000"],
+    },
+}
+
+COMMON = ["--trainer.val_check_interval", "1000000", "--trainer.limit_val_batches", "0", "--trainer.logger", "false"]
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def data_args(kind: str, name: str) -> list[str]:
+    return ["--data.init_args.name", name] if kind == "toy" else []
+
+
+def run_one(kind: str, name: str, seed: int, *, work: str, quick: bool, methods: list[str], repeats: int, num: int,
+            log) -> dict:
+    """Teacher + every method for one data set and seed; returns the rows and timings."""
+    import torch
+
+    from flowgen.checkpoint import load_generator
+    from flowgen.distill_cli import (distill_student, evaluate_entries, make_protocol, reference_samples,
+                                     student_entries, teacher_entries, train_teacher, with_ratios)
+    from flowgen.lightning.distill import load_student
+
+    teacher_recipe, recipes = RECIPES[kind]
+    q = QUICK[kind] if quick else {}
+    root = os.path.join(work, f"{name}_seed{seed}")
+    targs = data_args(kind, name) + q.get("teacher", []) + COMMON
+    teacher_ckpt, teacher_s = train_teacher(os.path.join(ROOT, teacher_recipe), os.path.join(root, "teacher"), seed=seed, args=targs)
+    log(f"  teacher {teacher_s:.1f} s")
+    teacher, path, prediction, meta = load_generator(teacher_ckpt)
+    protocol = make_protocol(meta, num=num, repeats=repeats, seed=seed)
+    ref, ref_row = reference_samples(teacher, path, prediction, protocol)
+    rows = [ref_row] + evaluate_entries(teacher_entries(teacher, path, prediction, euler=(1, 2, 4, 8), heun=()), protocol,
+                                        reference=ref, count_model=teacher)
+    times = {"teacher": teacher_s}
+    for method in methods:
+        sargs = data_args(kind, name) + q.get(method, []) + COMMON
+        students, sec = distill_student(os.path.join(ROOT, recipes[method]), os.path.join(root, method), teacher=teacher_ckpt,
+                                        seed=seed, args=sargs)
+        times[method] = sec
+        if method == "progressive":
+            plan = [(students[f"progressive_N{k}"], [k]) for k in (4, 2, 1) if f"progressive_N{k}" in students]
+        elif method == "reflow":
+            plan = [(students["reflow_distilled"], [1])]
+        else:
+            plan = [(students.get(method, students["last"]), [1, 2])]
+        for file, steps in plan:
+            gen = load_student(file)
+            r = evaluate_entries(student_entries(method, gen, steps, seed=seed), protocol, reference=ref)
+            for row in r:
+                row["group"] = method
+                row["train_seconds"] = sec
+            rows += r
+        log(f"  {method} {sec:.1f} s")
+    floor = protocol.floor
+    with_ratios(rows, floor)
+    d_ref = ref_row["d"]
+    for r in rows:
+        r.update(data=name, seed=seed)
+    return {"data": name, "seed": seed, "floor": floor, "floor_values": protocol.floors, "d_teacher": d_ref,
+            "teacher_excess": d_ref - floor, "times": times, "rows": rows, "metric": protocol.metric}
+
+
+def _mean_std(values):
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def summarise(results: list[dict]) -> list[dict]:
+    """One line per (data, model, sampler, steps): R_k, RMS, throughput ratio and time ratio, mean ± std over seeds."""
+    keys = []
+    for res in results:
+        for r in res["rows"]:
+            key = (res["data"], r["group"], r["sampler"], r["steps"])
+            if key not in keys:
+                keys.append(key)
+    out = []
+    for data, group, sampler, steps in keys:
+        rs = [(res, r) for res in results if res["data"] == data for r in res["rows"]
+              if (r["group"], r["sampler"], r["steps"]) == (group, sampler, steps)]
+        ref_tp = {res["seed"]: next(r["samples_per_s"] for r in res["rows"] if r["group"] == "teacher_reference")
+                  for res, _ in rs}
+        line = {"data": data, "model": group, "sampler": sampler, "steps": steps, "seeds": len(rs),
+                "nfe": statistics.fmean([r["nfe"] for _, r in rs if r["nfe"] is not None]) if any(r["nfe"] for _, r in rs) else None}
+        line["R"], line["R_std"] = _mean_std([r["R"] for _, r in rs])
+        line["d"], line["d_std"] = _mean_std([r["d"] for _, r in rs])
+        line["rms"], line["rms_std"] = _mean_std([r["rms_to_reference"] for _, r in rs])
+        line["throughput_vs_dopri5"], _ = _mean_std([r["samples_per_s"] / ref_tp[res["seed"]] for res, r in rs])
+        line["time_vs_teacher"], line["time_vs_teacher_std"] = _mean_std(
+            [res["times"].get(group) / res["times"]["teacher"] if group in res["times"] else None for res, r in rs])
+        target = TARGETS.get((group, steps))
+        line["target"] = target
+        line["met"] = None if target is None or line["R"] is None else bool(line["R"] <= target)
+        out.append(line)
+    return out
+
+
+def _pm(m, s, d=3):
+    if m is None:
+        return "–"
+    return f"{m:.{d}g} ± {s:.2g}" if s else f"{m:.{d}g}"
+
+
+def markdown(summary: list[dict], results: list[dict], info: dict) -> str:
+    lines = ["# Distillation quality (R_k)", "",
+             f"Machine: {info['machine']['cpu']}, {info['machine']['cores']} cores, torch {info['machine']['torch']}, "
+             f"{info['machine']['threads']} thread(s). Mode: {'quick' if info['quick'] else 'full'}; "
+             f"seeds {info['seeds']}; {info['repeats']} evaluation set(s) of {info['num']} samples; "
+             f"total {info['seconds'] / 60:.1f} min.", "",
+             "R_k = (d(student, k steps) − floor)/(d(teacher dopri5) − floor), d = squared W2 to held-out data "
+             "(digits: classifier Fréchet distance). RMS = distillation error against the teacher's dopri5 endpoints "
+             "on the same noise (multistep consistency sampling re-noises, so its RMS is not a pure map distance). "
+             "Throughput relative to the teacher's dopri5; training time relative to the teacher's.", "",
+             "| data | model | sampler | steps | NFE | R_k (mean ± std) | target | met | RMS | throughput × | train time × |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s in summary:
+        met = "–" if s["met"] is None else ("yes" if s["met"] else "**no**")
+        lines.append(f"| {s['data']} | {s['model']} | {s['sampler']} | {s['steps'] if s['steps'] is not None else 'adaptive'} | "
+                     f"{_pm(s['nfe'], 0, 3)} | {_pm(s['R'], s['R_std'])} | {s['target'] or '–'} | {met} | "
+                     f"{_pm(s['rms'], s['rms_std'])} | {_pm(s['throughput_vs_dopri5'], 0, 3)} | "
+                     f"{_pm(s['time_vs_teacher'], s['time_vs_teacher_std'])} |")
+    lines += ["", "Per seed: floor, teacher d and its excess over the floor (the denominator of R_k):", "",
+              "| data | seed | floor | d(teacher dopri5) | excess | teacher train s |", "|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['data']} | {r['seed']} | {r['floor']:.4g} | {r['d_teacher']:.4g} | {r['teacher_excess']:.4g} | "
+                     f"{r['times']['teacher']:.1f} |")
+    lines += ["", f"Command: `{info['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="reduced training budgets (see QUICK)")
+    p.add_argument("--data", default=",".join(TOYS), help="comma-separated: moons, checkerboard, gmm, 8gaussians, digits")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--methods", default="progressive,consistency_distillation,reflow,consistency_training")
+    p.add_argument("--repeats", type=int, default=3, help="evaluation sets per model (noise and held-out draws)")
+    p.add_argument("--num", type=int, default=2000, help="samples per evaluation set")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on small shared machines)")
+    p.add_argument("--work", default=os.path.join(ROOT, "flowgen_runs", "bench_distill"), help="run folder (reused: finished runs are not redone)")
+    p.add_argument("--out", default=os.path.join(HERE, "results"), help="results folder")
+    p.add_argument("--name", default="distill_quality", help="results file stem")
+    args = p.parse_args(argv)
+
+    import torch
+    import warnings
+
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
+
+    datasets = [d.strip() for d in args.data.split(",") if d.strip()]
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    t0 = time.perf_counter()
+    results = []
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    for name in datasets:
+        kind = "digits" if name == "digits" else "toy"
+        for seed in seeds:
+            log(f"[{name} seed {seed}] {time.perf_counter() - t0:.0f} s elapsed")
+            results.append(run_one(kind, name, seed, work=args.work, quick=args.quick, methods=methods,
+                                   repeats=args.repeats, num=args.num, log=log))
+    summary = summarise(results)
+    info = {"machine": machine(), "quick": args.quick, "seeds": seeds, "data": datasets, "methods": methods,
+            "repeats": args.repeats, "num": args.num, "seconds": time.perf_counter() - t0,
+            "command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:])),
+            "quick_overrides": QUICK if args.quick else None}
+    os.makedirs(args.out, exist_ok=True)
+    payload = {"info": info, "summary": summary, "results": results}
+    with open(os.path.join(args.out, f"{args.name}.json"), "w") as fh:
+        json.dump(payload, fh, indent=1, default=str)
+    md = markdown(summary, results, info)
+    with open(os.path.join(args.out, f"{args.name}.md"), "w") as fh:
+        fh.write(md)
+    print(json.dumps({"summary": summary, "info": info}, indent=1, default=str))
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
