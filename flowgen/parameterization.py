@@ -35,7 +35,8 @@ References:
 from __future__ import annotations
 
 import math
-from enum import Enum
+
+from ._choice import Choice
 
 import torch
 from torch import Tensor
@@ -46,7 +47,7 @@ from .paths.base import Path
 __all__ = ["Prediction", "convert", "to_data_noise", "from_data_noise", "singular_at", "prediction_error_scale"]
 
 
-class Prediction(str, Enum):
+class Prediction(Choice):
     """What a model predicts. ``V`` is ``α·noise − σ·data`` (the usual v on VP paths)."""
 
     DATA = "data"
@@ -55,18 +56,11 @@ class Prediction(str, Enum):
     V = "v"
     SCORE = "score"
 
+    __argname__ = "prediction"
+
     @classmethod
-    def parse(cls, value, name: str = "prediction") -> "Prediction":
-        """Accept a :class:`Prediction` or its string value (``"data"``, ``"noise"`` …, also ``"epsilon"``/``"x0"``)."""
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, str):
-            key = value.strip().lower()
-            key = _ALIASES.get(key, key)
-            for member in cls:
-                if member.value == key:
-                    return member
-        raise ValueError(f"unknown {name} {value!r}; expected one of {[m.value for m in cls]}")
+    def aliases(cls) -> dict:
+        return _ALIASES
 
 
 _ALIASES = {"epsilon": "noise", "eps": "noise", "x0": "data", "sample": "data", "flow": "velocity", "v_prediction": "v"}

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from enum import Enum
+
+from .._choice import Choice
 from functools import lru_cache
 
 import torch
@@ -34,7 +35,7 @@ from ..testing import GaussianMixture
 __all__ = ["Toy", "TOY_DATASETS", "sample_toy", "toy_density", "moons", "eight_gaussians", "checkerboard", "gmm"]
 
 
-class Toy(str, Enum):
+class Toy(Choice):
     """The built-in 2-D toy datasets."""
 
     MOONS = "moons"
@@ -42,18 +43,11 @@ class Toy(str, Enum):
     CHECKERBOARD = "checkerboard"
     GMM = "gmm"
 
+    __argname__ = "toy dataset name"
+
     @classmethod
-    def parse(cls, value, name: str = "name") -> "Toy":
-        """Accept a :class:`Toy` or its name (case and ``-``/``_`` insensitive, ``eight_gaussians`` too)."""
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, str):
-            key = value.strip().lower().replace("-", "").replace("_", "")
-            key = {"eightgaussians": "8gaussians", "twomoons": "moons"}.get(key, key)
-            for member in cls:
-                if member.value == key:
-                    return member
-        raise ValueError(f"unknown toy dataset {name}={value!r}; expected one of {list(TOY_DATASETS)}")
+    def aliases(cls) -> dict:
+        return {'eight_gaussians': '8gaussians', 'eightgaussians': '8gaussians', '8_gaussians': '8gaussians', 'two_moons': 'moons', 'twomoons': 'moons'}
 
 
 #: the names accepted by :func:`sample_toy`.

@@ -56,7 +56,8 @@ References:
 from __future__ import annotations
 
 import math
-from enum import Enum
+
+from .._choice import Choice
 from typing import Callable, Sequence
 
 import torch
@@ -285,39 +286,27 @@ def curriculum_from_config(config: dict) -> Curriculum:
     return _CURRICULA[cfg.pop("name")](**cfg)
 
 
-class IndexDistribution(str, Enum):
+class IndexDistribution(Choice):
     """How the interval index is drawn: uniformly (CM) or iCT's discretised lognormal in ``σ̃``."""
 
     UNIFORM = "uniform"
     LOGNORMAL = "lognormal"
 
-    @classmethod
-    def parse(cls, value, name: str = "index_distribution") -> "IndexDistribution":
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, str):
-            for m in cls:
-                if m.value == value.strip().lower():
-                    return m
-        raise ValueError(f"unknown {name} {value!r}; expected one of {[m.value for m in cls]}")
+    __argname__ = "index_distribution"
 
 
-class ConsistencyWeighting(str, Enum):
+class ConsistencyWeighting(Choice):
     """Per-interval loss weight: 1 (CM) or iCT's ``1/(σ̃_hi − σ̃_lo)`` (``"inverse_gap"``, alias ``"ict"``)."""
 
     UNIFORM = "uniform"
     INVERSE_GAP = "inverse_gap"
 
+    __argname__ = "weighting"
+    __hint__ = " (or 'ict')"
+
     @classmethod
-    def parse(cls, value, name: str = "weighting") -> "ConsistencyWeighting":
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, str):
-            key = {"ict": "inverse_gap"}.get(value.strip().lower(), value.strip().lower())
-            for m in cls:
-                if m.value == key:
-                    return m
-        raise ValueError(f"unknown {name} {value!r}; expected one of {[m.value for m in cls]} (or 'ict')")
+    def aliases(cls) -> dict:
+        return {'ict': 'inverse_gap'}
 
 
 def lognormal_index_probabilities(grid: Tensor, path: Path, *, p_mean: float = -1.1, p_std: float = 2.0) -> Tensor:

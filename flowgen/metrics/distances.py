@@ -25,7 +25,8 @@ References:
 from __future__ import annotations
 
 import math
-from enum import Enum
+
+from .._choice import Choice
 
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -107,22 +108,17 @@ def wasserstein2(x: Tensor, y: Tensor) -> float:
     return math.sqrt(max(w2_squared(x, y), 0.0))
 
 
-class Kernel(str, Enum):
+class Kernel(Choice):
     """Kernels for :func:`mmd`: ``RBF`` ``exp(−d²/(2h²))``, ``IMQ`` ``h²/(h² + d²)``."""
 
     RBF = "rbf"
     IMQ = "imq"
 
+    __argname__ = "kernel"
+
     @classmethod
-    def parse(cls, value, name: str = "kernel") -> "Kernel":
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, str):
-            key = {"gaussian": "rbf"}.get(value.strip().lower(), value.strip().lower())
-            for member in cls:
-                if member.value == key:
-                    return member
-        raise ValueError(f"unknown {name} {value!r}; expected one of {[m.value for m in cls]}")
+    def aliases(cls) -> dict:
+        return {'gaussian': 'rbf'}
 
 
 def _kernel_sum(a: Tensor, b: Tensor, kernel: Kernel, bw: Tensor, *, exclude_diag: bool, chunk: int = 2048) -> Tensor:

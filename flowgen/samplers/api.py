@@ -80,17 +80,6 @@ class SampleResult:
 
 
 # --- argument handling ----------------------------------------------------------------------
-_PREDICTIONS = {p.value: p for p in Prediction}
-
-
-def _parse_prediction(value) -> Prediction:
-    """``Prediction.parse`` with a dictionary fast path for exact values (the common case)."""
-    if isinstance(value, Prediction):
-        return value
-    hit = _PREDICTIONS.get(value) if isinstance(value, str) else None
-    return hit if hit is not None else Prediction.parse(value)
-
-
 def _check_path(path) -> Path:
     if not isinstance(path, Path):
         raise TypeError(f"path must be a flowgen Path, got {type(path).__name__}")
@@ -350,7 +339,7 @@ def integrate(model, path: Path, x: Tensor, *, prediction, method="euler", steps
         TypeError: an option the method does not take.
     """
     path = _check_path(path)
-    prediction = _parse_prediction(prediction)
+    prediction = Prediction.parse(prediction)
     method = Method.parse(method)
     opts = _check_options(method, method_options)
     _check_state(x, "x")
@@ -422,7 +411,7 @@ def sample(model, path: Path, noise: Tensor, *, prediction, method="euler", step
         (torch.Size([4, 2]), 8)
     """
     path = _check_path(path)
-    prediction = _parse_prediction(prediction)
+    prediction = Prediction.parse(prediction)
     method = Method.parse(method)
     opts = _check_options(method, method_options)
     _check_state(noise, "noise")
@@ -533,7 +522,7 @@ def invert(model, path: Path, data: Tensor, *, prediction, method="euler", steps
         arXiv:2011.13456, Appendix D.2 (encoding with the probability-flow ODE).
     """
     path = _check_path(path)
-    prediction = _parse_prediction(prediction)
+    prediction = Prediction.parse(prediction)
     method = Method.parse(method)
     opts = _check_options(method, method_options)
     if is_stochastic(method, opts):

@@ -24,7 +24,8 @@ References:
 from __future__ import annotations
 
 import math
-from enum import Enum
+
+from .._choice import Choice
 from typing import Sequence
 
 import torch
@@ -254,7 +255,7 @@ def check_grid(grid, name: str = "grid", *, increasing: bool = False) -> Tensor:
     return g
 
 
-class Grid(str, Enum):
+class Grid(Choice):
     """Named grid builders for ``sample(..., grid=<name>, steps=N)``."""
 
     UNIFORM = "uniform"
@@ -262,17 +263,12 @@ class Grid(str, Enum):
     LOG_SNR = "log_snr"
     SHIFTED = "shifted"
 
+    __argname__ = "grid"
+    __hint__ = '; or a tensor or sequence of times'
+
     @classmethod
-    def parse(cls, value, name: str = "grid") -> "Grid":
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, str):
-            key = value.strip().lower().replace("-", "_")
-            key = {"logsnr": "log_snr", "edm": "karras", "sd3": "shifted", "linear": "uniform"}.get(key, key)
-            for m in cls:
-                if m.value == key:
-                    return m
-        raise ValueError(f"unknown {name} {value!r}; expected a tensor, a sequence of times, or one of {[m.value for m in cls]}")
+    def aliases(cls) -> dict:
+        return {'logsnr': 'log_snr', 'edm': 'karras', 'sd3': 'shifted', 'linear': 'uniform'}
 
 
 def make_grid(kind, steps: int, path: Path, *, t_max: float | None = None, t_min: float | None = None) -> Tensor:

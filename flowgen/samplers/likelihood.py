@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
+
+from .._choice import Choice
 
 import torch
 from torch import Tensor
@@ -37,21 +38,13 @@ from .methods import METHODS, Method
 __all__ = ["LikelihoodResult", "log_likelihood", "Divergence"]
 
 
-class Divergence(str, Enum):
+class Divergence(Choice):
     """How the divergence ``∇·v`` is computed."""
 
     EXACT = "exact"
     HUTCHINSON = "hutchinson"
 
-    @classmethod
-    def parse(cls, value, name: str = "divergence") -> "Divergence":
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, str):
-            for m in cls:
-                if m.value == value.strip().lower():
-                    return m
-        raise ValueError(f"unknown {name} {value!r}; expected one of {[m.value for m in cls]}")
+    __argname__ = "divergence"
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from enum import Enum
+
+from .._choice import Choice
 from typing import Callable
 
 import torch
@@ -398,7 +399,7 @@ def _edm_stochastic(run: _Run, x: Tensor, opts: dict) -> Tensor:
 
 
 # --- registry -----------------------------------------------------------------------------
-class Method(str, Enum):
+class Method(Choice):
     """Sampler methods; ``Method.parse`` accepts the value or a common alias."""
 
     EULER = "euler"
@@ -415,20 +416,11 @@ class Method(str, Enum):
     FEHLBERG2 = "fehlberg2"
     ADAPTIVE_HEUN = "adaptive_heun"
 
+    __argname__ = "method"
+
     @classmethod
-    def parse(cls, value, name: str = "method") -> "Method":
-        if isinstance(value, cls):
-            return value
-        member = cls._value2member_map_.get(value) if isinstance(value, str) else None
-        if member is not None:
-            return member
-        if isinstance(value, str):
-            key = value.strip().lower().replace("-", "_").replace(" ", "_")
-            key = _METHOD_ALIASES.get(key, key)
-            for m in cls:
-                if m.value == key:
-                    return m
-        raise ValueError(f"unknown {name} {value!r}; expected one of {[m.value for m in cls]}")
+    def aliases(cls) -> dict:
+        return _METHOD_ALIASES
 
 
 _METHOD_ALIASES = {
