@@ -152,7 +152,8 @@ def safe_load(path, map_location="cpu") -> dict:
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file {path!r} does not exist")
+        what = "is a directory, not a checkpoint file" if os.path.isdir(path) else "does not exist"
+        raise FileNotFoundError(f"checkpoint file {path!r} {what}")
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*pickle protocol.*")

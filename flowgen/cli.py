@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -53,6 +54,10 @@ def _message(err: BaseException) -> str:
         reasons = [r for r in reasons if "NoneType" not in r]
         if reasons:
             msg = "; ".join(reasons)
+    # torch's C++ errors append a native stack trace ("frame #0: c10::Error ..."): keep the message only
+    lines = [ln for ln in msg.splitlines() if ln.strip()]
+    if any(ln.startswith("frame #") or "Exception raised from" in ln for ln in lines):
+        msg = lines[0]
     return msg
 
 
@@ -140,15 +145,35 @@ def run_lightning_cli(args: list[str] | None, *, model_class=None, datamodule_cl
     )
 
 
+def _ckpt_path_arg(argv: list[str]) -> str | None:
+    """The value of ``--ckpt_path`` in ``argv`` (``--ckpt_path X`` or ``--ckpt_path=X``), if any."""
+    for i, a in enumerate(argv):
+        if a == "--ckpt_path" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--ckpt_path="):
+            return a.split("=", 1)[1]
+    return None
+
+
 def _cmd_lightning(argv: list[str]) -> int:
-    from .checkpoint import CheckpointError
+    import pickle
+
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from .checkpoint import CheckpointError, safe_load
 
     try:
+        # LightningCLI reads --ckpt_path itself (torch.load, weights_only=True) before the Trainer's safe plugin:
+        # check the file first, so an unsafe or damaged checkpoint gets flowgen's one-line refusal
+        ckpt = _ckpt_path_arg(argv)
+        if ckpt and ckpt not in ("last", "best", "hpc", "registry") and os.path.isfile(ckpt):
+            safe_load(ckpt)
         # LightningCLI warns when given args that equal the process's own; let it read them itself then
         run_lightning_cli(None if argv == sys.argv[1:] else argv)
     except SystemExit as exc:  # argparse / jsonargparse errors (they already printed the key)
         return int(exc.code) if isinstance(exc.code, int) else 2
-    except (CheckpointError, ValueError, TypeError, FileNotFoundError, FloatingPointError) as err:
+    except (CheckpointError, ValueError, TypeError, FileNotFoundError, FloatingPointError, MisconfigurationException,
+            pickle.UnpicklingError) as err:  # Lightning's own config checks (e.g. max_steps=-3) are user errors too
         return _fail(f"flowgen {argv[0]}", err)
     return 0
 
@@ -161,7 +186,10 @@ def _device(name: str | None):
 
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError as err:  # torch: "Expected one of cpu, cuda, ... device type at start of device string"
+        raise _UserError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, auto): {_message(err)}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise _UserError(f"--device {name}: CUDA is not available on this machine")
     return dev
@@ -606,6 +634,14 @@ def _quickstart(args) -> int:
 
     import lightning.pytorch as pl
     import torch
+
+    for flag, value in (("--max-steps", args.max_steps), ("--batch-size", args.batch_size), ("--num", args.num)):
+        if value < 1:  # checked before any work: a bad value must not cost a training run
+            raise _UserError(f"{flag} must be >= 1, got {value}")
+    if args.threads is not None and args.threads < 1:
+        raise _UserError(f"--threads must be >= 1, got {args.threads}")
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        raise _UserError(f"--lr must be a positive finite number, got {args.lr}")
 
     from .checkpoint import load_generator
     from .lightning import FlowModule, ToyDataModule, make_trainer

@@ -73,8 +73,8 @@ class _TokenStream:
 
 
 def _check_positive_int(value, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value < 2**31:
+        raise ValueError(f"{name} must be a positive int below 2**31, got {value!r}")
     return value
 
 

@@ -153,6 +153,12 @@ class FlowModule(pl.LightningModule):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if sample_steps is not None and (not isinstance(sample_steps, int) or sample_steps < 1):
             raise ValueError(f"sample_steps must be a positive int or None, got {sample_steps!r}")
+        from ..samplers import Method
+
+        Method.parse(sample_method, "sample_method")  # an unknown sampler fails here, not at the first validation
+        if guidance_scale is not None and (isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float))
+                                           or not math.isfinite(guidance_scale)):
+            raise ValueError(f"guidance_scale must be a finite number or None, got {guidance_scale!r}")
         known = {"w2", "mmd", "fd", "coverage"}
         if val_metrics is not None and not set(val_metrics) <= known:
             raise ValueError(f"val_metrics has unknown names {sorted(set(val_metrics) - known)}; expected some of {sorted(known)}")

@@ -109,8 +109,8 @@ class DiT(nn.Module):
     ):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("patch_size", patch_size), ("hidden", hidden), ("depth", depth), ("heads", heads)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value < 2**31:
+                raise ValueError(f"{name} must be a positive int below 2**31, got {value!r}")
         if hidden % heads:
             raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
         self.in_channels, self.patch_size, self.hidden = in_channels, patch_size, hidden

@@ -56,8 +56,8 @@ class MLP(nn.Module):
     ):
         super().__init__()
         for name, value in (("dim", dim), ("hidden", hidden), ("depth", depth), ("time_embed_dim", time_embed_dim)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value < 2**31:
+                raise ValueError(f"{name} must be a positive int below 2**31, got {value!r}")
         self.dim, self.hidden, self.depth, self.num_classes = dim, hidden, depth, num_classes
         self.time_embed = SinusoidalEmbedding(time_embed_dim, scale=time_scale)
         self.class_embed = ClassEmbedding(num_classes, hidden) if num_classes is not None else None

@@ -119,8 +119,8 @@ class UNet(nn.Module):
     ):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("base_channels", base_channels), ("num_res_blocks", num_res_blocks)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value < 2**31:
+                raise ValueError(f"{name} must be a positive int below 2**31, got {value!r}")
         channel_mults = tuple(channel_mults)
         if not channel_mults or any(not isinstance(m, int) or m < 1 for m in channel_mults):
             raise ValueError(f"channel_mults must be a non-empty sequence of positive ints, got {channel_mults!r}")
