@@ -728,20 +728,12 @@ def _quickstart(args) -> int:
 
 
 # =============================================================================================
-# distill: reserved
+# distill
 # =============================================================================================
 def _cmd_distill(argv: list[str]) -> int:
     """``flowgen distill``: implemented by the distillers (``flowgen.distill_cli.main``)."""
-    distill_main = None
-    for module in ("flowgen.distill_cli", "flowgen.distill.cli"):
-        try:
-            distill_main = __import__(module, fromlist=["main"]).main
-            break
-        except (ImportError, AttributeError):
-            continue
-    if distill_main is None:
-        print("flowgen distill: not available in this installation (flowgen.distill_cli is missing)", file=sys.stderr)
-        return 2
+    from .distill_cli import main as distill_main
+
     return int(distill_main(argv) or 0)
 
 
