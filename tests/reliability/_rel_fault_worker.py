@@ -16,6 +16,9 @@ Jobs:
   ``kill_shard`` (half the bytes of its temporary file written).
 * ``save`` — :func:`flowgen.checkpoint.atomic_save` (or the digits classifier cache writer) of
   ``version``, killed half-way through the write when ``kill`` is set.
+* ``distill`` — progressive distillation (3 rounds) or reflow (a round and the 1-step phase) from a
+  teacher checkpoint, killed before a batch, half-way through a checkpoint (``mid_save``), or
+  half-way through writing the ``kill_step``-th reflow pair shard (``pair_shard``).
 
 A kill point that is never reached exits with code 3, so a test cannot pass vacuously.
 """
@@ -147,7 +150,84 @@ def job_save(o: dict) -> None:
         sys.exit(3)
 
 
-JOBS = {"train": job_train, "pairs": job_pairs, "save": job_save}
+def make_teacher_checkpoint(path) -> str:
+    """A small teacher checkpoint written directly (random MLP velocity model, full flowgen metadata)."""
+    from collections import OrderedDict
+
+    import torch
+
+    from flowgen.checkpoint import atomic_save, make_metadata
+    from flowgen.nn import MLP
+    from flowgen.paths import RectifiedFlow
+
+    torch.manual_seed(0)
+    net = MLP(2, hidden=16, depth=2)
+    spec = {"class_path": "flowgen.nn.MLP", "init_args": {"dim": 2, "hidden": 16, "depth": 2}}
+    meta = make_metadata(path=RectifiedFlow(), prediction="velocity", model_spec=spec, data_shape=(2,), weights_prefix="ema.",
+                         sampler={"method": "euler", "steps": 8})
+    atomic_save({"state_dict": OrderedDict(("ema." + k, v) for k, v in net.state_dict().items()), "flowgen": meta}, path)
+    return str(path)
+
+
+DISTILL_STEPS = {"progressive": 8, "reflow": 6}
+
+
+def job_distill(o: dict) -> None:
+    """A distillation run (progressive: rounds N=4 -> 2 -> 1 of [2, 3, 3] steps; reflow: 1 round + 1-step distillation)."""
+    import lightning.pytorch as pl
+    import torch
+
+    from flowgen.lightning import ToyDataModule, make_trainer
+    from flowgen.lightning.distill import ProgressiveDistillModule, ReflowModule
+
+    torch.set_num_threads(1)
+    root, method = o["root"], o["method"]
+    last = os.path.join(root, "checkpoints", "last.ckpt")
+    resume = os.path.exists(last)
+    pl.seed_everything(5 if not resume else 999, verbose=False)
+    common = dict(lr=3e-3, seed=3, export_dir="", val_num_samples=16)
+    if method == "progressive":
+        module = ProgressiveDistillModule(o["teacher"], student_steps=4, steps_per_round=[2, 3, 3], **common)
+    else:
+        module = ReflowModule(o["teacher"], reflow_rounds=1, steps_per_round=3, distill_steps=3, num_pairs=48,
+                              pair_batch_size=16, pair_method="heun", pair_steps=3, stats_samples=16, stats_steps=3,
+                              pair_dir=os.path.join(root, "pairs"), **common)
+    kill_step, phase = o.get("kill_step"), o.get("kill_phase")
+    callbacks = []
+    if phase == "pair_shard":
+        # the kill_step-th shard written in this process (counting every pair generation) dies half-way
+        count = {"n": 0}
+
+        def match(obj):
+            if isinstance(obj, dict) and "shard" in obj and "endpoint" in obj:
+                count["n"] += 1
+                return count["n"] == kill_step
+            return False
+
+        kill_during_next_save(match)
+    elif kill_step is not None:
+
+        class Killer(pl.Callback):
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                if trainer.global_step == kill_step:
+                    if phase == "batch_start":
+                        die()
+                    if phase == "mid_save":
+                        kill_during_next_save(lambda obj: isinstance(obj, dict) and "optimizer_states" in obj)
+
+        callbacks.append(Killer())
+    trainer = make_trainer(root, max_steps=DISTILL_STEPS[method], checkpoint_every=1, progress=False, logger=False,
+                           plot_samples=False, accelerator="cpu", devices=1, deterministic=True, limit_val_batches=0,
+                           callbacks=callbacks)
+    data = ToyDataModule("moons", batch_size=32, val_size=32, batches_per_epoch=3, seed=11)
+    trainer.fit(module, data, ckpt_path=last if resume else None)
+    if kill_step is not None and not resume:
+        sys.exit(3)
+    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    torch.save({"state_dict": state, "global_step": trainer.global_step, "phase": int(module.phase), "resumed": resume}, o["out"])
+
+
+JOBS = {"train": job_train, "pairs": job_pairs, "save": job_save, "distill": job_distill}
 
 
 if __name__ == "__main__":

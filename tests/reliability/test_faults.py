@@ -177,3 +177,48 @@ def test_writes_killed_midway_leave_the_previous_file(tmp_path, writer):
         safe_load(partial[0])
     W.job_save({"path": str(path), "version": 3, "writer": writer})
     assert int(safe_load(path)["version"]) == 3
+
+
+# --- distillation ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory):
+    return W.make_teacher_checkpoint(tmp_path_factory.mktemp("teacher") / "teacher.ckpt")
+
+
+def _distill_kill_and_resume(tmp_path, teacher, method, kill_step, phase, *, expect_last_step=None, expect_phase=None):
+    root, out = tmp_path / f"{method}_{phase}_{kill_step}", tmp_path / "resumed.pt"
+    proc = launch("distill", root=str(root), method=method, teacher=teacher, kill_step=kill_step, kill_phase=phase, out=str(out))
+    ref_out = tmp_path / "ref.pt"
+    W.job_distill({"root": str(tmp_path / "ref"), "method": method, "teacher": teacher, "out": str(ref_out)})  # meanwhile
+    _killed(*finish(proc))
+    last = root / "checkpoints" / "last.ckpt"
+    if expect_last_step is not None:
+        saved = safe_load(last)
+        assert saved["global_step"] == expect_last_step
+        assert saved["flowgen"]["distill_state"]["phase"] == expect_phase
+    _ok(*run("distill", root=str(root), method=method, teacher=teacher, out=str(out)))
+    ref, resumed = torch.load(ref_out, weights_only=True), torch.load(out, weights_only=True)
+    assert resumed["global_step"] == ref["global_step"] and resumed["phase"] == ref["phase"]
+    _assert_same_state(ref["state_dict"], resumed["state_dict"])
+    return resumed
+
+
+def test_progressive_distillation_killed_mid_round_resumes_identically(tmp_path, teacher_ckpt):
+    """Rounds of [2, 3, 3] steps: killed half-way through writing step 4's checkpoint, i.e. in the middle of round 1."""
+    resumed = _distill_kill_and_resume(tmp_path, teacher_ckpt, "progressive", 3, "mid_save", expect_last_step=3, expect_phase=1)
+    assert resumed["resumed"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_step,phase", [(1, "batch_start"), (2, "batch_start"), (5, "mid_save"), (6, "batch_start")])
+def test_progressive_distillation_killed_anywhere_resumes_identically(tmp_path, teacher_ckpt, kill_step, phase):
+    _distill_kill_and_resume(tmp_path, teacher_ckpt, "progressive", kill_step, phase)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shard", [2, 5])
+def test_reflow_killed_mid_pair_generation_resumes_identically(tmp_path, teacher_ckpt, shard):
+    """3 shards per pair generation: shard 2 is in round 1's pairs (no checkpoint yet), shard 5 in the 1-step phase's."""
+    _distill_kill_and_resume(tmp_path, teacher_ckpt, "reflow", shard, "pair_shard")
+    leftovers = list((tmp_path / f"reflow_pair_shard_{shard}" / "pairs").rglob("*.tmp"))
+    assert not leftovers, leftovers
