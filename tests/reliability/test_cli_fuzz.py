@@ -212,3 +212,30 @@ def test_cli_fit_resume_refuses_a_code_payload(tmp_path):
     assert not marker.exists()
     assert re.search(r"evil\.ckpt", str(f))
     assert os.path.exists(f)
+
+
+def test_cli_distill_malformed_arguments(tmp_path, record_property):
+    """``flowgen distill``: missing/foreign teacher, bad method overrides, unknown keys, missing configs."""
+    import _rel_fault_worker as W
+
+    teacher = W.make_teacher_checkpoint(tmp_path / "teacher.ckpt")
+    recipe = REPO / "recipes" / "distill" / "progressive_moons.yaml"
+    safe = ["--trainer.max_steps", "1", "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.logger", "false",
+            "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "0", "--trainer.max_time", "00:00:00:20"]
+    cases = [
+        (["distill", "--config", str(recipe), *safe], ("teacher", "--teacher")),
+        (["distill", "--config", str(recipe), "--teacher", str(tmp_path / "nope.ckpt"), *safe], ("nope.ckpt", "teacher", "--teacher")),
+        (["distill", "--config", str(recipe), "--teacher", str(tmp_path), *safe], ("teacher", "--teacher", "directory")),
+        (["distill", "--config", str(recipe), "--teacher", teacher, *safe, "--model.init_args.student_steps", "3"],
+         ("student_steps", "final_steps")),
+        (["distill", "--config", str(recipe), "--teacher", teacher, *safe, "--model.init_args.steps_per_round", "abc"],
+         ("steps_per_round",)),
+        (["distill", "--config", str(recipe), "--teacher", teacher, *safe, "--model.init_args.bogus", "1"], ("bogus",)),
+        (["distill", "--config", str(recipe), "--teacher", teacher, *safe, "--model.init_args.grid", "zigzag"], ("grid", "zigzag")),
+        (["distill", "--config", str(tmp_path / "missing.yaml"), "--teacher", teacher], ("missing.yaml", "config", "--config")),
+        (["distill", "report", "--config", str(tmp_path / "missing.yaml")], ("missing.yaml", "config", "--config")),
+        (["distill", "--teacher", teacher], ("config", "--config", "fit.data")),  # LightningCLI: "required: fit.data"
+    ]
+    for args, names in cases:
+        assert run_cli(args, names, " ".join(a.replace(str(tmp_path), "<tmp>") for a in args)) == "refused", args
+    record_property("fuzz_cases_cli_distill", len(cases))

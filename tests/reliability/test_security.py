@@ -244,3 +244,25 @@ def test_damaged_checkpoints_give_a_clear_error(damage, tmp_path):
         assert "\n" not in msg.strip()
     else:  # a flip inside tensor bytes keeps the file loadable: then the values changed, nothing else
         assert damage == "flipped"
+
+
+def test_distillation_teacher_loading_refuses_a_code_payload(tmp_path, marker):
+    from flowgen.lightning.distill import ConsistencyModule, ProgressiveDistillModule, ReflowModule
+
+    f = _payload_checkpoint(tmp_path / "teacher.ckpt", marker)
+    for make in (lambda: ProgressiveDistillModule(str(f), student_steps=2, steps_per_round=1),
+                 lambda: ConsistencyModule(str(f)), lambda: ReflowModule(str(f))):
+        with pytest.raises(ck.CheckpointError, match=r"teacher\.ckpt.*(unsafe|refusing)"):
+            make()
+
+
+def test_cli_distill_teacher_refuses_a_code_payload(tmp_path, marker, capsys):
+    from flowgen.cli import main
+
+    f = _payload_checkpoint(tmp_path / "teacher.ckpt", marker)
+    recipe = pathlib.Path(__file__).resolve().parents[2] / "recipes" / "distill" / "progressive_moons.yaml"
+    code = main(["distill", "--config", str(recipe), "--teacher", str(f), "--trainer.max_steps", "1",
+                 "--trainer.default_root_dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code != 0 and "teacher.ckpt" in err and ("unsafe" in err or "refusing" in err), err
+    assert "Traceback" not in err
