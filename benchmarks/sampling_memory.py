@@ -133,9 +133,9 @@ def render(result: dict) -> str:
     lines = [
         f"# Peak memory of sampling {st['num']:,} 2-D samples ({st['device']})",
         "",
-        f"{st['model']}, Euler {st['steps']} steps, rectified flow; chunk size {st['batch']}. "
-        f"Peak = {st['measure']} of a fresh process, minus the same process just before sampling; "
-        f"median of {st['repeats']} processes.",
+        (f"{st['model']}, Euler {st['steps']} steps, rectified flow; chunk size {st['batch']}. "
+         f"Peak = {st['measure']} of a fresh process, minus the same process just before sampling; "
+         f"median of {st['repeats']} processes."),
         "",
         "| configuration | sampling peak (MiB) | ratio to all at once | process peak (MiB) | wall (s) |",
         "|---|---:|---:|---:|---:|",
@@ -144,9 +144,9 @@ def render(result: dict) -> str:
         r = summary[c]
         lines.append(f"| {c} | {r['sampling_mib_median']:.1f} | {r['ratio_to_all_at_once']:.3f} | {r['peak_mib_median']:.1f} | "
                      f"{r['wall_s_median']:.2f} |")
-    lines += ["", "All four configurations produce the same samples (same noise stream; equal first and second moments "
-              "in the JSON). Wall times are end to end on a shared machine under whatever load it had; they are not a "
-              "speed comparison (see benchmarks/sampler_overhead.py for that).",
+    lines += ["", ("All four configurations produce the same samples (same noise stream; equal first and second moments "
+                   "in the JSON). Wall times are end to end on a shared machine under whatever load it had; they are not a "
+                   "speed comparison (see benchmarks/sampler_overhead.py for that)."),
               "", f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, Python {m['python']}."]
     return "\n".join(lines) + "\n"
 

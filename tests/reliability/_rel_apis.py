@@ -10,6 +10,18 @@ import dataclasses
 import math
 
 import torch
+from _rel_specs import (
+    BATCH,
+    FIXED,
+    MODEL,
+    NAME,
+    PATH,
+    POS_FLOAT,
+    POS_INT,
+    TIME,
+    Api,
+    Arg,
+)
 from torch import Tensor, nn
 
 import flowgen
@@ -20,9 +32,15 @@ from flowgen import objectives as fo
 from flowgen import preconditioning as fp
 from flowgen import samplers as fs
 from flowgen.parameterization import prediction_error_scale, singular_at
-from flowgen.paths import EDM, VP, Cosine, DiscreteDDPM, Path, RectifiedFlow, path_from_config
-
-from _rel_specs import BATCH, FIXED, MODEL, NAME, PATH, POS_FLOAT, POS_INT, TIME, Api, Arg
+from flowgen.paths import (
+    EDM,
+    VP,
+    Cosine,
+    DiscreteDDPM,
+    Path,
+    RectifiedFlow,
+    path_from_config,
+)
 
 #: every built-in path family (small DDPM tables keep the fuzz fast; the table code is the same).
 PATH_FACTORIES = {
@@ -288,7 +306,6 @@ def objective_apis(cfg: Config) -> list[Api]:
     t = cfg.inner_t()
     data, noise = cfg.data(), cfg.noise()
     pred = cfg.data(0.5)
-    loss_dtypes = lambda kw: _coef_dtype(kw.get("data"), kw.get("pred"))  # noqa: E731
     apis = [
         Api("objectives", "prediction_loss",
             lambda pred, data, noise, t, path, prediction, weighting, metric: fo.prediction_loss(
@@ -364,7 +381,7 @@ def preconditioning_apis(cfg: Config) -> list[Api]:
     t = cfg.inner_t()
     x_t = cfg.data()
     net = LinearModel()
-    stack = lambda f: (lambda **kw: torch.stack(f(**kw)))  # noqa: E731
+    stack = lambda f: (lambda **kw: torch.stack(f(**kw)))
     apis = [
         Api("preconditioning", "edm_coefficients", stack(lambda t, sigma_data: fp.edm_coefficients(path, t, sigma_data=sigma_data)),
             {"t": Arg(TIME, t), "sigma_data": Arg(POS_FLOAT, 0.5)}, skip=("float_none",)),
@@ -480,7 +497,7 @@ def _check_likelihood(out, data):
 
 def grid_apis(cfg: Config) -> list[Api]:
     path = cfg.path
-    grid_check = lambda kw: (lambda g: _check_grid(g))  # noqa: E731
+    grid_check = lambda kw: (lambda g: _check_grid(g))
     apis = [
         Api("samplers", "uniform_grid", lambda steps, t_max, t_min: fs.uniform_grid(steps, t_max, t_min),
             {"steps": Arg(POS_INT, 4), "t_max": Arg(FIXED, 1.0), "t_min": Arg(FIXED, 0.0)}, grid_check),
@@ -627,7 +644,7 @@ def nn_apis(cfg: Config) -> list[Api]:
     mlp = fnn.MLP(2, hidden=16, depth=2, num_classes=3)
     unet = fnn.UNet(in_channels=1, base_channels=8, channel_mults=(1, 2), num_classes=3, mid_attention=False)
     dit = fnn.DiT(in_channels=1, patch_size=2, hidden=16, depth=1, heads=2, num_classes=3)
-    model_dtype = lambda kw: (torch.float32,)  # noqa: E731 - the models' parameters are float32
+    model_dtype = lambda kw: (torch.float32,)
     apis = [Api("nn", "MLP", lambda x_t, t, cond: mlp(x_t, t, cond),
                 {"x_t": Arg(BATCH, x2), "t": Arg(TIME, t), "cond": Arg(FIXED, labels)},
                 _tensor_check("x_t", dtypes=model_dtype), passthrough=("x_t",))]
@@ -656,7 +673,7 @@ def metrics_apis(cfg: Config) -> list[Api]:
     n = max(cfg.batch, 2) + 2
     x = torch.randn(n, 2, generator=gen, dtype=torch.float64).to(cfg.dtype)
     y = torch.randn(n, 2, generator=gen, dtype=torch.float64).to(cfg.dtype)
-    scalar = lambda kw: (lambda out: _check_scalar(out))  # noqa: E731
+    scalar = lambda kw: (lambda out: _check_scalar(out))
     density = flowgen.data.toy_density("8gaussians")
     apis = [
         Api("metrics", "wasserstein2", lambda x, y: fm.wasserstein2(x, y), {"x": Arg(BATCH, x), "y": Arg(BATCH, y)}, scalar),

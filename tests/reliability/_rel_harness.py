@@ -26,7 +26,8 @@ import math
 import re
 import signal
 import threading
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -136,7 +137,7 @@ def run_case(area: str, label: str, fn: Callable[[], Any], *, names: Iterable[st
         return "refused"
     except CaseFailure:
         raise
-    except Exception as err:  # noqa: BLE001 - the point of the harness
+    except Exception as err:
         raise CaseFailure(f"[{area}] {label}: raised {type(err).__name__} (expected a result or ValueError/TypeError): {err}") from err
     bad = nonfinite_in(result)
     if bad and not (allow_nonfinite is not None and allow_nonfinite(result)):

@@ -19,12 +19,12 @@ import re
 from collections import OrderedDict
 from pathlib import Path
 
+import _rel_harness as H
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import _rel_harness as H
 from flowgen.checkpoint import atomic_save, make_metadata
 from flowgen.cli import main
 from flowgen.nn import MLP
@@ -50,7 +50,7 @@ def run_cli(args: list[str], names: tuple[str, ...], label: str, marker: Path | 
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except H.CaseTimeout:
         raise H.CaseFailure(f"[cli] {label}: no answer within {CASE_TIMEOUT} s") from None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise H.CaseFailure(f"[cli] {label}: raised {type(exc).__name__} out of main(): {exc}") from exc
     text = out.getvalue() + err.getvalue()
     if marker is not None and marker.exists():
@@ -239,3 +239,16 @@ def test_cli_distill_malformed_arguments(tmp_path, record_property):
     for args, names in cases:
         assert run_cli(args, names, " ".join(a.replace(str(tmp_path), "<tmp>") for a in args)) == "refused", args
     record_property("fuzz_cases_cli_distill", len(cases))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_cli_fit_resume_from_a_damaged_checkpoint_is_a_clear_error(tmp_path, damage):
+    from flowgen.checkpoint import atomic_save as save
+
+    f = tmp_path / "last.ckpt"
+    save({"state_dict": {"w": torch.randn(64, 64)}, "global_step": 3}, f)
+    raw = f.read_bytes()
+    f.write_bytes(raw[: len(raw) // 2] if damage == "truncated" else b"")
+    args = ["fit", "--config", str(RECIPE), "--trainer.max_steps", "2", "--trainer.default_root_dir", str(tmp_path / "run"),
+            "--trainer.enable_progress_bar", "false", "--trainer.logger", "false", "--ckpt_path", str(f)]
+    assert run_cli(args, ("last.ckpt",), f"fit --ckpt_path <{damage}>") == "refused"

@@ -25,10 +25,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import _rel_fault_worker as W
 import pytest
 import torch
 
-import _rel_fault_worker as W
 from flowgen.checkpoint import safe_load
 
 pytestmark = pytest.mark.filterwarnings("ignore")

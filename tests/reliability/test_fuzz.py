@@ -21,14 +21,14 @@ minimum; the session summary lists the totals per area.
 
 from __future__ import annotations
 
+import _rel_apis as A
+import _rel_harness as H
+import _rel_specs as S
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import _rel_apis as A
-import _rel_harness as H
-import _rel_specs as S
 from flowgen import samplers as fs
 
 pytestmark = pytest.mark.filterwarnings("ignore")

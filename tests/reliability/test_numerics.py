@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import math
 
+import _rel_apis as A
 import pytest
 import torch
 
-import _rel_apis as A
 from flowgen import Prediction
 from flowgen import objectives as fo
 from flowgen import samplers as fs

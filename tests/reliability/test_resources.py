@@ -59,7 +59,11 @@ STAND_IN = torch.device("meta")  # an accelerator stand-in: the data modules tre
 
 def _modules(tmp_path):
     from flowgen.data import write_png
-    from flowgen.lightning import DigitsDataModule, ImageFolderDataModule, TensorFileDataModule
+    from flowgen.lightning import (
+        DigitsDataModule,
+        ImageFolderDataModule,
+        TensorFileDataModule,
+    )
 
     f = tmp_path / "data.npy"
     np.save(f, np.random.default_rng(0).standard_normal((600, 3)).astype(np.float32))

@@ -247,7 +247,11 @@ def test_damaged_checkpoints_give_a_clear_error(damage, tmp_path):
 
 
 def test_distillation_teacher_loading_refuses_a_code_payload(tmp_path, marker):
-    from flowgen.lightning.distill import ConsistencyModule, ProgressiveDistillModule, ReflowModule
+    from flowgen.lightning.distill import (
+        ConsistencyModule,
+        ProgressiveDistillModule,
+        ReflowModule,
+    )
 
     f = _payload_checkpoint(tmp_path / "teacher.ckpt", marker)
     for make in (lambda: ProgressiveDistillModule(str(f), student_steps=2, steps_per_round=1),

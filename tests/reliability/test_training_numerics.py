@@ -13,7 +13,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flowgen.lightning import FlowModule, NonFiniteLossError, ToyDataModule, make_trainer
+from flowgen.lightning import (
+    FlowModule,
+    NonFiniteLossError,
+    ToyDataModule,
+    make_trainer,
+)
 from flowgen.nn import MLP
 from flowgen.objectives import rectified_flow
 
