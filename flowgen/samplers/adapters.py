@@ -154,6 +154,11 @@ class _Evaluator:
         return self
 
     def __call__(self, x: Tensor, t: Tensor, step, t_float) -> Tensor:
+        if self.check_each and not bool(torch.isfinite(x).all()):  # diagnostic rerun only: a state that overflowed
+            raise ValueError(
+                f"the sampler state x given to the model at step {step} (t={t_float:.6g}) holds non-finite values: an update "
+                f"overflowed {x.dtype} before the model was called (give x in float32/float64, or use a finer grid)"
+            )
         if self.w is None:
             out = self.model(x, t) if self.cond is None else self.model(x, t, self.cond)
             self.nfe += 1

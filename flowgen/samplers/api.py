@@ -297,7 +297,11 @@ def _diagnose(model, path, x, prediction, method, grid, opts, *, cond, guidance_
     if failure is not None:
         raise ValueError(f"{method.value} (torchdiffeq) failed on {x_name} {tuple(x.shape)}: {failure}")
     bad = int((~torch.isfinite(out)).sum())
-    raise ValueError(f"{method.value} produced {bad} non-finite value(s); a rerun with per-step checks could not locate them (is the model deterministic?)")
+    raise ValueError(
+        f"{method.value} produced {bad} non-finite value(s) from {x_name} {tuple(x.shape)} in {x.dtype} although every model "
+        f"output was finite: the solver's state or error estimate overflowed (check the scale of {x_name}, or sample in "
+        "float64), or the model is not deterministic"
+    )
 
 
 def integrate(model, path: Path, x: Tensor, *, prediction, method="euler", steps: int | None = None, grid=None,

@@ -55,7 +55,7 @@ class LikelihoodResult:
         log_prob: ``(B,)`` log-density of the data in nats (float64 if the data is float64).
         prior_log_prob: ``(B,)`` the prior's log-density at the latent.
         delta: ``(B,)`` the integrated divergence ``∫ ∇·v dt`` (so ``log_prob = prior_log_prob + delta``).
-        latent: ``(B, *D)`` the state at ``t_max``.
+        latent: ``(B, *D)`` the state at ``t_max`` (in the data's dtype; float32 for float16/bfloat16 data).
         nfe: model evaluations (forward passes; backward passes are not counted).
     """
 
@@ -219,4 +219,6 @@ def log_likelihood(model, path: Path, data: Tensor, *, prediction, method="dopri
             "log_likelihood produced non-finite values for data (the model outputs were finite: the ODE state or the "
             "integrated divergence overflowed); check the scale of data, the model and the interval [t_min, t_max]"
         )
-    return LikelihoodResult(log_prob=log_prob, prior_log_prob=prior_lp, delta=delta, latent=latent.to(data.dtype), nfe=ev.nfe)
+    # the latent stays in the working dtype (float32 for half-precision data): a float16 cast can overflow
+    return LikelihoodResult(log_prob=log_prob, prior_log_prob=prior_lp, delta=delta,
+                            latent=latent if data.dtype in (torch.float16, torch.bfloat16) else latent.to(data.dtype), nfe=ev.nfe)
