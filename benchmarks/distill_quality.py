@@ -68,7 +68,7 @@ QUICK = {
         "teacher": ["--trainer.max_steps", "4000", "--model.model.init_args.hidden", "128"],
         "progressive": ["--trainer.max_steps", "7800", "--model.init_args.student_steps", "32", "--model.init_args.lr", "0.001",
                         "--model.init_args.steps_per_round", "[800, 800, 1000, 1200, 1600, 2400]"],
-        "consistency_distillation": ["--trainer.max_steps", "9000"],
+        "consistency_distillation": ["--trainer.max_steps", "9000", "--data.init_args.batch_size", "512"],
         "reflow": ["--trainer.max_steps", "4000", "--model.init_args.steps_per_round", "1500",
                    "--model.init_args.distill_steps", "2500", "--model.init_args.num_pairs", "20000"],
         "consistency_training": ["--trainer.max_steps", "3000"],
@@ -101,6 +101,34 @@ def machine() -> dict:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "python": platform.python_version(), "platform": platform.platform()}
+
+
+def thread_check(steps: int = 30) -> dict:
+    """ms per training step of the 3×256 MLP teacher (batch 256) with 1 and 2 torch threads (why --threads 1)."""
+    import torch
+
+    from flowgen.nn import MLP
+    from flowgen.objectives import rectified_flow
+
+    out, before = {}, torch.get_num_threads()
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        torch.manual_seed(0)
+        net, obj = MLP(2, hidden=256, depth=3), rectified_flow()
+        opt = torch.optim.Adam(net.parameters(), 1e-3)
+        x = torch.randn(256, 2)
+        times = []
+        for i in range(steps + 5):
+            t0 = time.perf_counter()
+            loss = obj(net, x)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if i >= 5:
+                times.append(time.perf_counter() - t0)
+        out[f"{n}_thread_ms_per_step"] = 1000 * statistics.median(times)
+    torch.set_num_threads(before)
+    return out
 
 
 def data_args(kind: str, name: str) -> list[str]:
@@ -202,7 +230,9 @@ def _pm(m, s, d=3):
 def markdown(summary: list[dict], results: list[dict], info: dict) -> str:
     lines = ["# Distillation quality (R_k)", "",
              f"Machine: {info['machine']['cpu']}, {info['machine']['cores']} cores, torch {info['machine']['torch']}, "
-             f"{info['machine']['threads']} thread(s). Mode: {'quick' if info['quick'] else 'full'}; "
+             f"{info['machine']['threads']} thread(s) (median ms per 3×256-MLP teacher step: "
+             f"{info['thread_check']['1_thread_ms_per_step']:.1f} with 1 thread, {info['thread_check']['2_thread_ms_per_step']:.1f} "
+             f"with 2). Mode: {'quick' if info['quick'] else 'full'}; "
              f"seeds {info['seeds']}; {info['repeats']} evaluation set(s) of {info['num']} samples; "
              f"total {info['seconds'] / 60:.1f} min.", "",
              "R_k = (d(student, k steps) − floor)/(d(teacher dopri5) − floor), d = squared W2 to held-out data "
@@ -240,9 +270,11 @@ def main(argv=None) -> int:
     p.add_argument("--name", default="distill_quality", help="results file stem")
     args = p.parse_args(argv)
 
-    import torch
     import warnings
 
+    import torch
+
+    threads = thread_check()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     import logging
@@ -269,7 +301,7 @@ def main(argv=None) -> int:
     info = {"machine": machine(), "quick": args.quick, "seeds": seeds, "data": datasets, "methods": methods,
             "repeats": args.repeats, "num": args.num, "seconds": time.perf_counter() - t0,
             "command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:])),
-            "quick_overrides": QUICK if args.quick else None}
+            "quick_overrides": QUICK if args.quick else None, "thread_check": threads}
     os.makedirs(args.out, exist_ok=True)
     payload = {"info": info, "summary": summary, "results": results}
     with open(os.path.join(args.out, f"{args.name}.json"), "w") as fh:
