@@ -24,6 +24,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from .._random import rand
+
 __all__ = ["Coupling", "IndependentCoupling", "ExactOTCoupling", "SinkhornCoupling", "get_coupling", "pairwise_sq_dist"]
 
 
@@ -95,32 +97,36 @@ class SinkhornCoupling(Coupling):
         self.reg, self.max_iter, self.tol = float(reg), max_iter, float(tol)
 
     def _scaled_plan(self, data: Tensor, noise: Tensor) -> Tensor:
+        """The entropic plan times ``n`` (rows sum to 1): ``diag(a) K diag(b)`` with ``a = 1/(K b)``, ``b = 1/(Kᵀ a)``.
+
+        Dropping the marginals' constant ``1/n`` from the scalings leaves each half-iteration one
+        matrix–vector product and one reciprocal (two kernels on a GPU); the scalings stay positive
+        and finite because every row and column of ``K`` holds a 1.
+        """
         cost = _plan_cost(data, noise)
         dtype = torch.float64 if cost.device.type == "cpu" else torch.float32
         c = cost.to(dtype) / (self.reg * cost.mean().to(dtype).clamp_min(1e-30))
         c = c - c.amin(dim=1, keepdim=True)
         c = c - c.amin(dim=0, keepdim=True)
-        kernel = torch.exp(-c)
-        n, m = kernel.shape
-        u = torch.ones(n, dtype=dtype, device=kernel.device)
-        v = torch.ones(m, dtype=dtype, device=kernel.device)
-        tiny = torch.finfo(dtype).tiny
+        kernel = torch.exp_(c.neg_())
+        kernel_t = kernel.T
+        b = torch.ones(kernel.shape[1], dtype=dtype, device=kernel.device)
         for i in range(self.max_iter):
-            u = (1.0 / n) / (kernel @ v).clamp_min(tiny)
-            v = (1.0 / m) / (kernel.T @ u).clamp_min(tiny)
-            if (i + 1) % 10 == 0 and float((u * (kernel @ v) * n - 1).abs().max()) < self.tol:
+            a = torch.mv(kernel, b).reciprocal_()
+            b = torch.mv(kernel_t, a).reciprocal_()
+            if (i + 1) % 10 == 0 and float((torch.mv(kernel, b).mul_(a).sub_(1)).abs().max()) < self.tol:
                 break
-        return u[:, None] * kernel * v[None, :]
+        return kernel.mul_(a[:, None]).mul_(b[None, :])
 
     def plan(self, data: Tensor, noise: Tensor) -> Tensor:
         """Log of the entropic plan ``(B, B)`` with uniform marginals (``-inf`` where it underflows)."""
-        return torch.log(self._scaled_plan(data, noise))
+        return torch.log(self._scaled_plan(data, noise)) - math.log(data.shape[0])
 
     def __call__(self, data, noise, generator=None):
         plan = self._scaled_plan(data, noise)
         # inverse-CDF draw of one partner per row (torch.multinomial is ~20x slower here)
         cdf = plan.cumsum(dim=1)
-        u = torch.rand(plan.shape[0], 1, generator=generator, dtype=plan.dtype, device=plan.device) * cdf[:, -1:]
+        u = rand((plan.shape[0], 1), generator=generator, dtype=plan.dtype, device=plan.device) * cdf[:, -1:]
         cols = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_max(plan.shape[1] - 1)
         return noise[cols]
 
