@@ -28,8 +28,8 @@ class RandomNet(nn.Module):
         self.inputs.append((x, t, cond))
         g = torch.Generator().manual_seed(self.seed)
         flat = x.reshape(x.shape[0], -1)
-        w = torch.randn(flat.shape[1], flat.shape[1], generator=g, dtype=torch.float64).to(x.dtype)
-        b = torch.randn(flat.shape[1], generator=g, dtype=torch.float64).to(x.dtype)
+        w = torch.randn(flat.shape[1], flat.shape[1], generator=g, dtype=torch.float64).to(x.device, x.dtype)
+        b = torch.randn(flat.shape[1], generator=g, dtype=torch.float64).to(x.device, x.dtype)
         out = torch.tanh(flat @ w + b) * self.scale * (1 + t.to(x.dtype)[:, None])
         if cond is not None:
             out = out + cond.reshape(x.shape[0], -1).to(x.dtype).sum(1, keepdim=True)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._random import randint as _randint
+from .._random import randn as _randn
 from .._validation import check_batch, check_finite
 from ..parameterization import Prediction
 from ..paths.base import Path
@@ -123,16 +125,12 @@ def randn(shape, *, like: Tensor, generator: torch.Generator | None) -> Tensor:
     The generator may live on the CPU while ``like`` is on an accelerator: the noise is then
     drawn on the CPU and moved, so a CPU generator gives the same numbers on every device.
     """
-    draw_dtype = like.dtype if like.dtype in (torch.float32, torch.float64) else torch.float32
-    if generator is not None and generator.device != like.device:
-        return torch.randn(shape, generator=generator, dtype=draw_dtype).to(device=like.device, dtype=like.dtype)
-    return torch.randn(shape, generator=generator, dtype=draw_dtype, device=like.device).to(like.dtype)
+    return _randn(shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
 def randint(high: int, size: int, *, device, generator: torch.Generator | None) -> Tensor:
     """Uniform integers in ``{0 … high − 1}`` ``(size,)``, drawn on the generator's device, then moved."""
-    gen_dev = generator.device if generator is not None else torch.device("cpu")
-    return torch.randint(0, high, (size,), generator=generator, device=gen_dev).to(device)
+    return _randint(high, (size,), generator=generator, device=device)
 
 
 def check_model(model, name: str) -> None:

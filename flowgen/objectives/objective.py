@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._random import randn
 from .._validation import check_batch, check_finite
 from ..parameterization import Prediction
 from ..paths.base import Path
@@ -114,7 +115,7 @@ class Objective:
             check_finite(data, "data")
         dtype = torch.float64 if data.dtype == torch.float64 else torch.float32
         t = self.time.sample(data.shape[0], path=self.path, generator=generator, device=data.device, dtype=dtype)
-        noise = torch.randn(data.shape, generator=generator, device=data.device, dtype=data.dtype)
+        noise = randn(data.shape, generator=generator, device=data.device, dtype=data.dtype)
         if not isinstance(self.coupling, IndependentCoupling):
             noise = self.coupling(data, noise, generator)
         return t, noise

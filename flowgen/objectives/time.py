@@ -15,6 +15,7 @@ import math
 import torch
 from torch import Tensor
 
+from .._random import rand, randint, randn
 from ..paths.base import Path
 from ..paths.discrete import DiscreteDDPM
 
@@ -50,7 +51,7 @@ class UniformTime(TimeDistribution):
     def sample(self, batch, *, path, generator=None, device=None, dtype=torch.float32):
         lo = path.t_min if self.low is None else self.low
         hi = path.t_max if self.high is None else self.high
-        u = torch.rand(_check_batch_size(batch), generator=generator, device=device, dtype=dtype)
+        u = rand(_check_batch_size(batch), generator=generator, device=device, dtype=dtype)
         return lo + (hi - lo) * u
 
 
@@ -63,7 +64,7 @@ class LogitNormalTime(TimeDistribution):
         self.mean, self.std = float(mean), float(std)
 
     def sample(self, batch, *, path, generator=None, device=None, dtype=torch.float32):
-        z = torch.randn(_check_batch_size(batch), generator=generator, device=device, dtype=dtype)
+        z = randn(_check_batch_size(batch), generator=generator, device=device, dtype=dtype)
         return path.t_min + (path.t_max - path.t_min) * torch.sigmoid(self.mean + self.std * z)
 
 
@@ -93,7 +94,7 @@ class DiscreteTime(TimeDistribution):
                 f"DiscreteTime(num_steps={n}) puts times at (i + 1)/{n} in [{1.0 / n:.6g}, 1], outside the path's "
                 f"[t_min, t_max] = [{path.t_min:.6g}, {path.t_max:.6g}]; use fewer steps or UniformTime"
             )
-        i = torch.randint(0, n, (_check_batch_size(batch),), generator=generator, device=device)
+        i = randint(n, (_check_batch_size(batch),), generator=generator, device=device)
         return (i.to(dtype) + 1.0) / n
 
 
@@ -109,7 +110,7 @@ class LogNormalSigmaTime(TimeDistribution):
         self.p_mean, self.p_std = float(p_mean), float(p_std)
 
     def sample(self, batch, *, path, generator=None, device=None, dtype=torch.float32):
-        z = torch.randn(_check_batch_size(batch), generator=generator, device=device, dtype=dtype)
+        z = randn(_check_batch_size(batch), generator=generator, device=device, dtype=dtype)
         log_snr = -2.0 * (self.p_mean + self.p_std * z)
         return path._t_from_log_snr(log_snr).clamp(path.t_min, path.t_max)
 

@@ -23,11 +23,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .._choice import Choice
-
 import torch
 from torch import Tensor
 
+from .._choice import Choice
+from .._random import randint, randn
 from .._validation import check_batch, check_finite
 from ..parameterization import Prediction
 from ..paths.base import Path
@@ -153,9 +153,9 @@ def log_likelihood(model, path: Path, data: Tensor, *, prediction, method="dopri
     if divergence is Divergence.HUTCHINSON:
         shape = (num_probes, *data.shape)
         if probe == "rademacher":
-            eps = torch.randint(0, 2, shape, generator=generator, device=data.device).to(work) * 2.0 - 1.0
+            eps = randint(2, shape, generator=generator, device=data.device).to(work) * 2.0 - 1.0
         else:
-            eps = torch.randn(shape, generator=generator, dtype=work, device=data.device)
+            eps = randn(shape, generator=generator, dtype=work, device=data.device)
     counter = [0]
 
     def velocity(t: Tensor, x: Tensor) -> Tensor:

@@ -37,13 +37,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-
-from .._choice import Choice
 from typing import Callable
 
 import torch
 from torch import Tensor
 
+from .._choice import Choice
+from .._random import randn
 from ..parameterization import Prediction
 from ..paths.base import Path
 from .adapters import _describe_singular, _Evaluator, conversion_coefficients, singular_for
@@ -145,9 +145,8 @@ class _Run:
 def randn_like(x: Tensor, generator=None) -> Tensor:
     """Standard normal noise like ``x`` from ``generator``: ``None`` (global RNG), a
     ``torch.Generator``, or a sequence of one generator per sample (batch-invariant noise)."""
-    draw_dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(x.shape, generator=generator, dtype=draw_dtype, device=x.device).to(x.dtype)
+        return randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     rows = [torch.randn(x.shape[1:], generator=g, dtype=torch.float64, device=g.device) for g in generator]
     return torch.stack(rows).to(dtype=x.dtype, device=x.device)
 

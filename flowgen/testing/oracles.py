@@ -38,7 +38,7 @@ __all__ = ["GaussianData", "GaussianMixture", "OracleModel"]
 
 
 def _coefs(path: Path, t: Tensor):
-    t64 = t.detach().to(torch.float64)
+    t64 = t.detach().to("cpu", torch.float64)
     return path._alpha(t64), path._sigma(t64), path._d_alpha(t64), path._d_sigma(t64)
 
 
@@ -53,10 +53,10 @@ class _Oracle:
         if tuple(x_t.shape[1:]) != self.event_shape:
             raise ValueError(f"x_t must have shape (B, {', '.join(map(str, self.event_shape))}), got {tuple(x_t.shape)}")
         check_time(t, "t", batch=x_t.shape[0], device=x_t.device)
-        return x_t.reshape(x_t.shape[0], self.dim).to(torch.float64)
+        return x_t.reshape(x_t.shape[0], self.dim).to("cpu", torch.float64)
 
     def _unflat(self, y: Tensor, like: Tensor) -> Tensor:
-        return y.reshape(like.shape).to(like.dtype)
+        return y.reshape(like.shape).to(like.device, like.dtype)
 
     def posterior(self, x_t: Tensor, t: Tensor, path: Path) -> tuple[Tensor, Tensor]:
         """``(E[data | x_t], E[noise | x_t])``, each ``(B, *D)``."""
@@ -188,9 +188,9 @@ class GaussianData(_Oracle):
             mean, cov = self.mean, self.cov
         else:
             mean, cov = self.marginal(t, path)
-        flat = x.reshape(x.shape[0], self.dim).to(torch.float64)
+        flat = x.reshape(x.shape[0], self.dim).to("cpu", torch.float64)
         dist = torch.distributions.MultivariateNormal(mean, covariance_matrix=cov)
-        return dist.log_prob(flat).to(x.dtype if x.is_floating_point() else torch.float64)
+        return dist.log_prob(flat).to(x.device, x.dtype if x.is_floating_point() else torch.float64)
 
 
 class GaussianMixture(_Oracle):
@@ -252,11 +252,11 @@ class GaussianMixture(_Oracle):
 
     def log_prob(self, x: Tensor, *, t: float = 0.0, path: Path | None = None) -> Tensor:
         """Log-density ``(B,)`` of ``x`` under the data (``t = 0``) or the marginal at scalar ``t``."""
-        flat = x.reshape(x.shape[0], self.dim).to(torch.float64)
+        flat = x.reshape(x.shape[0], self.dim).to("cpu", torch.float64)
         if path is None:
             from ..paths import RectifiedFlow
 
             path, t = RectifiedFlow(), 0.0
         tt = torch.full((flat.shape[0],), float(t), dtype=torch.float64)
         *_, logp = self._components(flat, tt, path)
-        return torch.logsumexp(torch.log(self.weights)[None] + logp, dim=1)
+        return torch.logsumexp(torch.log(self.weights)[None] + logp, dim=1).to(x.device)
