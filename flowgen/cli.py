@@ -96,6 +96,12 @@ def _lightning_cli_class():
             parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath",
                                   compute_fn=lambda root: os.path.join(root or ".", "checkpoints"))
 
+        def _set_seed(self) -> None:
+            seed = self._get(self.config, "seed_everything")
+            if seed is not None and not isinstance(seed, bool) and (not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1):
+                raise ValueError(f"seed_everything must be true, false or an integer in [0, {2**32 - 1}], got {seed!r}")
+            super()._set_seed()
+
         def instantiate_trainer(self, **kwargs):
             cfg = self._get(self.config_init, "trainer", default={}) or {}
             root = cfg.get("default_root_dir") or "."

@@ -4,6 +4,7 @@ import json
 import os
 import warnings
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,3 +182,13 @@ def test_quickstart_end_to_end_small(tmp_path, capsys):
     assert {r["method"] for r in res["rows"]} >= {"euler", "heun", "dopri5"}
     assert all(np.isfinite(r["w2"]) for r in res["rows"])
     assert list((out / "logs").glob("version_*/metrics.csv"))
+
+
+@pytest.mark.parametrize("seed", ["-3", "4294967296"])
+def test_fit_refuses_an_out_of_range_seed_naming_it(tmp_path, capsys, seed):
+    """Found by the CLI fuzz: Lightning's own message for a negative seed did not name the option."""
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "rf_moons.yaml"
+    rc = main(["fit", "--config", str(recipe), "--trainer.default_root_dir", str(tmp_path),
+               "--trainer.max_steps", "1", "--seed_everything", seed])
+    assert rc != 0
+    assert "seed_everything" in capsys.readouterr().err
