@@ -190,7 +190,7 @@ class FlowModule(pl.LightningModule):
             from ema_pytorch import EMA
 
             self.ema = EMA(model, beta=ema_decay, update_after_step=ema_warmup_steps, update_every=ema_update_every,
-                           power=ema_power, include_online_model=False)
+                           power=ema_power, include_online_model=False, use_foreach=True)
         else:
             self.ema = None
         self.sample_method, self.sample_steps = sample_method, sample_steps
