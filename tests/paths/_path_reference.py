@@ -56,7 +56,9 @@ def fd_points(path: Path, t: torch.Tensor, h: float) -> tuple[torch.Tensor, torc
     for i, ti in enumerate(t.tolist()):
         if not ((k > ti - h) & (k < ti + h)).any():
             continue
-        if ti + h1 <= 1.0 and not ((k > ti) & (k <= ti + h1)).any():
+        # a knot within 1e-12 of t counts as t itself: flowgen places such a t on the knot (t·T rounds to
+        # the knot's index), so its derivative is the right-hand one (seen with t = 0.99 − 1 ulp)
+        if ti + h1 <= 1.0 and not ((k > ti + 1e-12) & (k <= ti + h1)).any():
             lo[i], hi[i] = ti, ti + h1
         else:
             lo[i], hi[i] = ti - h1, ti
