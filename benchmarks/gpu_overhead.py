@@ -1,0 +1,381 @@
+"""GPU overhead of flowgen's sampling and training against bare loops, CUDA-graph floors and peers.
+
+Run on a machine with a CUDA GPU (peers optional: torchdiffeq, flow_matching, diffusers)::
+
+    python benchmarks/gpu_overhead.py [--quick]
+
+Sampling (64 Euler steps of the 3×256 MLP of ``sampler_overhead.py``, float32, no_grad), per batch:
+
+* ``bare``: the hand-written eager loop ``x = x + dt * model(x, t)``;
+* ``bare_captured``: the same loop recorded once as a CUDA graph and replayed — the *captured floor*;
+* ``flowgen``: ``flowgen.samplers.sample(...)`` (eager, the whole public call);
+* ``flowgen_captured``: :class:`flowgen.samplers.CapturedSampler` replay (copy in, replay, copy out,
+  finiteness check);
+* ``torchdiffeq`` / ``flow_matching`` / ``diffusers``: the peers' eager loops, as in ``sampler_overhead.py``.
+
+Each figure is the median over interleaved rounds of one call's wall time, with the device
+synchronised before and after.
+
+Training (``flowgen.nn.MLP(2)``, moons drawn on the device, Adam), per batch, ms per step over a
+window of steps after warm-up (device synchronised at both ends):
+
+* ``bare``: a hand-written rectified-flow loss and optimiser step;
+* ``objective``: the same loop with ``flowgen.objectives.rectified_flow()``;
+* ``flowmodule`` / ``flowmodule_no_ema``: :class:`flowgen.lightning.FlowModule` under a Lightning
+  ``Trainer`` with :class:`flowgen.lightning.ToyDataModule` (batches drawn on the device);
+* ``plain_lightning``: a plain LightningModule fed by a ``DataLoader`` over a CPU tensor dataset
+  (the pattern the issue measured);
+* ``fm_independent`` / ``fm_sinkhorn`` / ``fm_exact_ot``: ``flow_matching(coupling=...)`` loops.
+
+Writes ``benchmarks/results/gpu_overhead.json`` and ``.md`` (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from sampler_overhead import MLP  # noqa: E402  (the same 3×256 MLP as the CPU benchmark)
+
+
+def _sync():
+    torch.cuda.synchronize()
+
+
+def machine_info() -> dict:
+    info = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "python": platform.python_version(), "cpu_cores": os.cpu_count()}
+    for mod in ("torchdiffeq", "flow_matching", "diffusers", "lightning"):
+        try:
+            info[mod] = getattr(__import__(mod), "__version__", "installed")
+        except Exception as err:  # noqa: BLE001 - report why a peer is missing
+            info[mod] = f"not importable ({type(err).__name__})"
+    return info
+
+
+# ------------------------------------------------------------------------------- sampling
+def sampling_contenders(model, batch: int, steps: int, dev) -> dict:
+    from flowgen.paths import RectifiedFlow
+    from flowgen.samplers import CapturedSampler, sample
+
+    path = RectifiedFlow()
+    out = {}
+
+    def bare(noise):
+        x, n, b = noise, steps, noise.shape[0]
+        dt = -1.0 / n
+        for i in range(n):
+            x = x + dt * model(x, torch.full((b,), 1.0 - i / n, device=dev))
+        return x
+
+    out["bare"] = bare
+
+    static_in = torch.zeros(batch, 2, device=dev)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            bare(static_in)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = bare(static_in)
+
+    def bare_captured(noise):
+        static_in.copy_(noise)
+        graph.replay()
+        return static_out.clone()
+
+    out["bare_captured"] = bare_captured
+    out["flowgen"] = lambda noise: sample(model, path, noise, prediction="velocity", method="euler", steps=steps).samples
+    captured = CapturedSampler(model, path, shape=(batch, 2), prediction="velocity", method="euler", steps=steps, device=dev)
+    out["flowgen_captured"] = lambda noise: captured(noise).samples
+
+    try:
+        from torchdiffeq import odeint
+
+        grid = torch.linspace(1.0, 0.0, steps + 1, device=dev)
+        out["torchdiffeq"] = lambda noise: odeint(lambda t, x: model(x, t.expand(x.shape[0])), noise, grid, method="euler")[-1]
+    except ImportError:
+        pass
+    try:
+        from flow_matching.solver import ODESolver
+        from flow_matching.utils import ModelWrapper
+
+        class Wrapped(ModelWrapper):
+            def forward(self, x, t, **extras):
+                return self.model(x, t.expand(x.shape[0]))
+
+        solver = ODESolver(velocity_model=Wrapped(model))
+        out["flow_matching"] = lambda noise: solver.sample(x_init=noise, step_size=1.0 / steps, method="euler")
+    except ImportError:
+        pass
+    try:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+
+        def diff(noise):
+            sched.set_timesteps(steps, device=dev)
+            x, b = noise, noise.shape[0]
+            for t in sched.timesteps:
+                x = sched.step(model(x, t.expand(b)), t, x, return_dict=False)[0]
+            return x
+
+        out["diffusers"] = diff
+    except ImportError:
+        pass
+    return out
+
+
+def time_sampling(batches, steps: int, rounds: int) -> dict:
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    model = MLP(2).to(dev).eval()
+    res = {}
+    with torch.no_grad():
+        for batch in batches:
+            fns = sampling_contenders(model, batch, steps, dev)
+            noise = torch.randn(batch, 2, device=dev)
+            ref = fns["bare"](noise)
+            check = {k: float((f(noise) - ref).abs().max()) for k, f in fns.items()}
+            times = {k: [] for k in fns}
+            for _ in range(3):
+                for f in fns.values():
+                    f(noise)
+            _sync()
+            for _ in range(rounds):
+                order = list(fns)
+                random.shuffle(order)
+                for k in order:
+                    _sync()
+                    t0 = time.perf_counter()
+                    fns[k](noise)
+                    _sync()
+                    times[k].append(time.perf_counter() - t0)
+            med = {k: 1000 * statistics.median(v) for k, v in times.items()}
+            res[str(batch)] = {"ms": med, "vs_captured_floor": {k: v / med["bare_captured"] for k, v in med.items()},
+                               "vs_bare": {k: v / med["bare"] for k, v in med.items()}, "max_abs_diff_to_bare": check}
+            print(f"sampling batch {batch}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in med.items()), flush=True)
+    return res
+
+
+# ------------------------------------------------------------------------------- training
+def _data(batch, gen, dev):
+    from flowgen.data.toys import sample_toy
+
+    return sample_toy("moons", batch, generator=gen, device=dev)
+
+
+def _loop(step_fn, batch: int, steps: int, warm: int) -> float:
+    """ms per step of ``step_fn(data)`` over ``steps`` steps after ``warm`` warm-up steps."""
+    from flowgen.nn import MLP as FlowMLP
+
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    model = FlowMLP(2).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator(device=dev).manual_seed(0)
+
+    def one():
+        loss = step_fn(model, _data(batch, gen, dev))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(warm):
+        one()
+    _sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        one()
+    _sync()
+    return 1000 * (time.perf_counter() - t0) / steps
+
+
+def _bare_loss(model, data):
+    t = torch.rand(data.shape[0], device=data.device)
+    noise = torch.randn_like(data)
+    x_t = (1 - t)[:, None] * data + t[:, None] * noise
+    return ((model(x_t, t) - (noise - data)) ** 2).mean()
+
+
+class _Window:
+    """Lightning callback: wall time from the start of batch ``warm`` to the end of training, synchronised."""
+
+    def __new__(cls, warm: int):
+        import lightning.pytorch as pl
+
+        class Window(pl.Callback):
+            def __init__(self):
+                self.t0 = self.t1 = None
+                self.count = 0
+
+            def on_train_batch_start(self, trainer, module, batch, batch_idx):
+                if trainer.global_step == warm:
+                    _sync()
+                    self.t0 = time.perf_counter()
+                if self.t0 is not None:
+                    self.count += 1
+
+            def on_train_end(self, *args):
+                _sync()
+                self.t1 = time.perf_counter()
+
+            def ms(self):
+                return 1000 * (self.t1 - self.t0) / self.count
+
+        return Window()
+
+
+def _lightning(module, data, steps: int, warm: int, **kw) -> float:
+    from flowgen.lightning import make_trainer
+
+    window = _Window(warm)
+    with tempfile.TemporaryDirectory() as root:
+        trainer = make_trainer(root, max_steps=warm + steps, checkpoint_every=10**9, val_every=None, progress=False,
+                               logger=True, plot_samples=False, callbacks=[window], accelerator="gpu", devices=1,
+                               limit_val_batches=0, log_every_n_steps=50, **kw)
+        trainer.fit(module, data)
+    return window.ms()
+
+
+def _flowmodule(batch, steps, warm, *, ema: bool) -> float:
+    from flowgen.lightning import FlowModule, ToyDataModule
+    from flowgen.nn import MLP as FlowMLP
+    from flowgen.objectives import rectified_flow
+
+    torch.manual_seed(0)
+    module = FlowModule(FlowMLP(2), rectified_flow(), lr=1e-3, ema=ema,
+                        model_spec={"class_path": "flowgen.nn.MLP", "init_args": {"dim": 2}})
+    return _lightning(module, ToyDataModule("moons", batch_size=batch, val_size=16), steps, warm)
+
+
+def _plain_lightning(batch, steps, warm) -> float:
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from flowgen.data.toys import sample_toy
+    from flowgen.nn import MLP as FlowMLP
+
+    class Plain(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = FlowMLP(2)
+
+        def training_step(self, batch_, batch_idx):
+            loss = _bare_loss(self.model, batch_[0])
+            self.log("loss", loss, on_step=True, prog_bar=True)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.model.parameters(), lr=1e-3)
+
+    data = sample_toy("moons", batch * (warm + steps + 4), generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(TensorDataset(data), batch_size=batch, shuffle=True, drop_last=True)
+    window = _Window(warm)
+    with tempfile.TemporaryDirectory() as root:
+        trainer = pl.Trainer(max_steps=warm + steps, enable_progress_bar=False, enable_checkpointing=False,
+                             enable_model_summary=False, logger=pl.loggers.CSVLogger(root), log_every_n_steps=50,
+                             callbacks=[window], accelerator="gpu", devices=1, limit_val_batches=0)
+        trainer.fit(Plain(), loader)
+    return window.ms()
+
+
+def time_training(batches, steps: int, warm: int, ot_steps: int) -> dict:
+    from flowgen.objectives import flow_matching, rectified_flow
+
+    res = {}
+    for batch in batches:
+        ms = {}
+        rf = rectified_flow()
+        indep, sink, exact = (flow_matching(coupling=c) for c in ("independent", "sinkhorn", "ot"))
+        # interleave the plain loops over two rounds, keep each one's faster round
+        for _ in range(2):
+            for name, fn in (("bare", _bare_loss), ("objective", lambda m, d: rf(m, d)),
+                             ("fm_independent", lambda m, d: indep(m, d)), ("fm_sinkhorn", lambda m, d: sink(m, d))):
+                ms[name] = min(ms.get(name, float("inf")), _loop(fn, batch, steps, warm))
+        ms["fm_exact_ot"] = _loop(lambda m, d: exact(m, d), batch, ot_steps, 1)
+        ms["flowmodule"] = _flowmodule(batch, steps, warm, ema=True)
+        ms["flowmodule_no_ema"] = _flowmodule(batch, steps, warm, ema=False)
+        ms["plain_lightning"] = _plain_lightning(batch, steps, warm)
+        res[str(batch)] = {"ms_per_step": ms, "vs_bare": {k: v / ms["bare"] for k, v in ms.items()},
+                           "ot_vs_independent": {"sinkhorn": ms["fm_sinkhorn"] / ms["fm_independent"],
+                                                 "exact_ot": ms["fm_exact_ot"] / ms["fm_independent"]}}
+        print(f"training batch {batch}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items()), flush=True)
+    return res
+
+
+# ------------------------------------------------------------------------------- report
+def markdown(r: dict) -> str:
+    m = r["machine"]
+    lines = ["# GPU overhead", "",
+             f"Machine: {m['gpu']}, torch {m['torch']} (CUDA {m['cuda']}), {m['cpu_cores']} CPU cores. "
+             f"Peers: torchdiffeq {m['torchdiffeq']}, flow_matching {m['flow_matching']}, diffusers {m['diffusers']}; "
+             f"lightning {m['lightning']}.", "",
+             f"## Sampling: {r['steps']} Euler steps of the 3×256 MLP, median ms per call ({r['rounds']} interleaved rounds)", "",
+             "| batch | contender | ms | × captured floor | × bare eager | max abs diff to bare |", "|---|---|---|---|---|---|"]
+    for batch, s in r["sampling"].items():
+        for k, v in s["ms"].items():
+            lines.append(f"| {batch} | {k} | {v:.3f} | {s['vs_captured_floor'][k]:.2f} | {s['vs_bare'][k]:.2f} | "
+                         f"{s['max_abs_diff_to_bare'][k]:.1e} |")
+    lines += ["", f"## Training: ms per step ({r['train_steps']} steps after {r['warm']} warm-up; exact OT over "
+              f"{r['ot_steps']} steps)", "", "| batch | contender | ms/step | × bare |", "|---|---|---|---|"]
+    for batch, s in r["training"].items():
+        for k, v in s["ms_per_step"].items():
+            lines.append(f"| {batch} | {k} | {v:.3f} | {s['vs_bare'][k]:.2f} |")
+    lines += ["", "OT-coupled step over the independent one: " + "; ".join(
+        f"batch {b}: Sinkhorn {s['ot_vs_independent']['sinkhorn']:.2f}×, exact {s['ot_vs_independent']['exact_ot']:.2f}×"
+        for b, s in r["training"].items()), "", f"Command: `{r['command']}`", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="few rounds and steps (smoke run)")
+    p.add_argument("--out", default=str(HERE / "results"), help="results folder")
+    p.add_argument("--skip-training", action="store_true")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("gpu_overhead: no CUDA device; nothing to measure", file=sys.stderr)
+        return 2
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    random.seed(0)
+    rounds, steps = (5, 64) if args.quick else (40, 64)
+    train_steps, warm, ot_steps = (30, 10, 2) if args.quick else (300, 30, 3)
+    r = {"machine": machine_info(), "steps": steps, "rounds": rounds, "train_steps": train_steps, "warm": warm,
+         "ot_steps": ot_steps, "command": "python benchmarks/gpu_overhead.py" + (" --quick" if args.quick else "")}
+    r["sampling"] = time_sampling((64, 1024), steps, rounds)
+    r["training"] = {} if args.skip_training else time_training((256, 4096), train_steps, warm, ot_steps)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "gpu_overhead.json"), "w") as fh:
+        json.dump(r, fh, indent=2)
+    md = markdown(r)
+    with open(os.path.join(args.out, "gpu_overhead.md"), "w") as fh:
+        fh.write(md)
+    print(json.dumps(r, indent=1))
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
