@@ -161,6 +161,48 @@ def _ckpt_path_arg(argv: list[str]) -> str | None:
     return None
 
 
+def _config_text(argv: list[str]) -> str:
+    """The command line and the text of every ``--config`` file it names (missing files are skipped)."""
+    parts = list(argv)
+    for i, a in enumerate(argv):
+        name = argv[i + 1] if a == "--config" and i + 1 < len(argv) else (a.split("=", 1)[1] if a.startswith("--config=") else None)
+        if name and os.path.isfile(name):
+            with open(name, encoding="utf-8", errors="replace") as fh:
+                parts.append(fh.read())
+    return "\n".join(parts)
+
+
+def _check_ckpt_class_paths(ckpt: dict, argv: list[str], source: str) -> None:
+    """Refuse a checkpoint whose ``hyper_parameters`` name classes outside flowgen's trusted prefixes.
+
+    LightningCLI turns a checkpoint's hyper-parameters into configuration (``--ckpt_path FILE``), and
+    jsonargparse imports every ``class_path`` in it. A class is accepted when its module starts with a
+    trusted prefix (:data:`flowgen.checkpoint.TRUSTED_MODULE_PREFIXES`, ``torch.optim.``,
+    ``lightning.``) or when the user's own command line or ``--config`` file names it.
+    """
+    from .checkpoint import TRUSTED_MODULE_PREFIXES
+
+    trusted = tuple(TRUSTED_MODULE_PREFIXES) + ("torch.optim.", "lightning.")
+    allowed = _config_text(argv)
+    bad = []
+
+    def walk(obj, where):
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                if k in ("class_path", "_class_path") and isinstance(v, str) and not v.startswith(trusted) and v not in allowed:
+                    bad.append(f"{where}[{k!r}] = {v!r}")
+                walk(v, f"{where}[{k!r}]")
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(v, f"{where}[{i}]")
+
+    walk(ckpt.get("hyper_parameters") or {}, "checkpoint['hyper_parameters']")
+    if bad:
+        raise ValueError(f"--ckpt_path {source}: {bad[0]} names a class outside the trusted modules "
+                         f"({', '.join(trusted)}) that your command line and config do not name; refusing to import it. "
+                         "Name the class in your --config to trust it")
+
+
 def _cmd_lightning(argv: list[str]) -> int:
     import pickle
 
@@ -173,7 +215,7 @@ def _cmd_lightning(argv: list[str]) -> int:
         # check the file first, so an unsafe or damaged checkpoint gets flowgen's one-line refusal
         ckpt = _ckpt_path_arg(argv)
         if ckpt and ckpt not in ("last", "best", "hpc", "registry") and os.path.isfile(ckpt):
-            safe_load(ckpt)
+            _check_ckpt_class_paths(safe_load(ckpt), argv, ckpt)
         # LightningCLI warns when given args that equal the process's own; let it read them itself then
         run_lightning_cli(None if argv == sys.argv[1:] else argv)
     except SystemExit as exc:  # argparse / jsonargparse errors (they already printed the key)

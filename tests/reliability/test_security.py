@@ -270,3 +270,26 @@ def test_cli_distill_teacher_refuses_a_code_payload(tmp_path, marker, capsys):
     err = capsys.readouterr().err
     assert code != 0 and "teacher.ckpt" in err and ("unsafe" in err or "refusing" in err), err
     assert "Traceback" not in err
+
+
+def test_fit_ckpt_path_refuses_hyper_parameters_naming_an_untrusted_class(tmp_path, capsys):
+    """LightningCLI turns a checkpoint's hyper-parameters into config and imports every class_path in it."""
+    import sys
+
+    from flowgen.cli import main
+
+    recipe = str(pathlib.Path(__file__).resolve().parents[2] / "recipes" / "rf_moons.yaml")
+    common = ["fit", "--config", recipe, "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+              "--trainer.limit_val_batches", "0", "--data.init_args.batch_size", "8"]
+    assert main(common + ["--trainer.max_steps", "2"]) == 0
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    assert main(common + ["--trainer.max_steps", "3", "--ckpt_path", str(last)]) == 0  # flowgen's own classes resume
+    capsys.readouterr()
+    ckpt["hyper_parameters"]["model"]["class_path"] = "evil_flowgen_plugin.Net"
+    bad = tmp_path / "bad.ckpt"
+    torch.save(ckpt, bad)
+    assert main(common + ["--trainer.max_steps", "4", "--ckpt_path", str(bad)]) != 0
+    err = capsys.readouterr().err
+    assert "evil_flowgen_plugin.Net" in err and "trusted" in err
+    assert "evil_flowgen_plugin" not in sys.modules
