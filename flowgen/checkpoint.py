@@ -41,7 +41,7 @@ import os
 import pickle
 import pickletools
 import random
-import tempfile
+import secrets
 import warnings
 import zipfile
 from collections import OrderedDict
@@ -244,7 +244,10 @@ def to_plain(obj):
 def atomic_save(obj, path, *, check: bool = True) -> None:
     """``torch.save`` to a temporary file in the destination folder, fsync, then :func:`os.replace`.
 
-    A crash at any point leaves either the previous file or the complete new one.
+    A crash at any point leaves either the previous file or the complete new one. The temporary
+    file ``.<name>.<pid>.<random>.tmp`` is created with the process's umask (as ``torch.save``
+    would); after a successful save, temporary files of the same destination left by processes
+    that no longer run (killed mid-write) are removed.
 
     Args:
         obj: the object (normally a checkpoint dict).
@@ -256,9 +259,10 @@ def atomic_save(obj, path, *, check: bool = True) -> None:
         check_plain(obj)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    prefix = f".{os.path.basename(path)}."
+    tmp = os.path.join(folder, f"{prefix}{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
@@ -275,6 +279,34 @@ def atomic_save(obj, path, *, check: bool = True) -> None:
             os.close(dir_fd)
     except OSError:  # pragma: no cover - e.g. Windows
         pass
+    _remove_stale_temporaries(folder, prefix)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # exists but not ours, or the platform cannot tell: keep its file
+        return True
+    return True
+
+
+def _remove_stale_temporaries(folder: str, prefix: str) -> None:
+    """Delete ``<prefix><pid>.<hex>.tmp`` files in ``folder`` whose writing process is gone."""
+    try:
+        names = os.listdir(folder)
+    except OSError:  # pragma: no cover
+        return
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        pid = name[len(prefix):-len(".tmp")].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            try:
+                os.unlink(os.path.join(folder, name))
+            except OSError:  # pragma: no cover - removed concurrently
+                pass
 
 
 # --------------------------------------------------------------------------------------------

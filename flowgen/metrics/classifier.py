@@ -21,7 +21,6 @@ References:
 from __future__ import annotations
 
 import os
-import secrets
 import time
 import warnings
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checkpoint import atomic_save
 from ..data.digits import DIGITS_NUM_CLASSES, DIGITS_SHAPE, load_digits
 from .distances import frechet_distance
 
@@ -176,21 +176,6 @@ def digits_classifier_cache_path() -> Path:
     return base / "digits_classifier.pt"
 
 
-def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "xb") as fh:  # honours the umask, unlike mkstemp's 0600
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _load_cache(path: Path) -> tuple[DigitsClassifier, dict] | None:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -232,7 +217,7 @@ def pretrained_digits_classifier(*, device=None, retrain: bool = False, cache: b
         if cache:
             state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             blob = {"version": CACHE_VERSION, "config": {"width": model.width, "feature_dim": model.feature_dim}, "state_dict": state, "info": info}
-            _atomic_save(blob, path)
+            atomic_save(blob, path, check=False)
     else:
         model, info = loaded
     model.info = info

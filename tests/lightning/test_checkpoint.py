@@ -207,3 +207,28 @@ def test_checkpoint_module_does_not_import_lightning():
             "import flowgen.checkpoint, flowgen.viz; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_atomic_save_honours_the_umask_and_clears_temporaries_of_dead_writers(tmp_path):
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    from flowgen.checkpoint import atomic_save, safe_load
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f".ck.pt.{dead_pid}.0badc0de.tmp"        # left by a writer killed mid-save
+    live = tmp_path / f".ck.pt.{os.getppid()}.0badc0de.tmp"      # a writer that still runs: left alone
+    other = tmp_path / f".other.pt.{dead_pid}.0badc0de.tmp"      # another destination's: left alone
+    for f in (stale, live, other):
+        f.write_bytes(b"partial")
+    old = os.umask(0o022)
+    try:
+        atomic_save({"x": 1}, tmp_path / "ck.pt")
+    finally:
+        os.umask(old)
+    assert safe_load(tmp_path / "ck.pt") == {"x": 1}
+    assert stat.S_IMODE(os.stat(tmp_path / "ck.pt").st_mode) == 0o644
+    assert not stale.exists() and live.exists() and other.exists()

@@ -138,14 +138,7 @@ def job_save(o: dict) -> None:
     obj = {"state_dict": {"w": torch.full((64, 64), float(o["version"]))}, "version": torch.tensor(o["version"])}
     if o.get("kill"):
         kill_during_next_save()
-    if o.get("writer") == "classifier_cache":
-        from pathlib import Path
-
-        from flowgen.metrics import classifier
-
-        classifier._atomic_save(obj, Path(o["path"]))
-    else:
-        ck.atomic_save(obj, o["path"])
+    ck.atomic_save(obj, o["path"])  # the one atomic writer (checkpoints, the classifier cache, reflow shards)
     if o.get("kill"):
         sys.exit(3)
 
