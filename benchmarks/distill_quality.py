@@ -192,6 +192,16 @@ def _mean_std(values):
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
+#: R_k is reported as measurable on a data set only where every seed's teacher excess d − floor exceeds
+#: this fraction of the floor; below it the denominator is within the finite-sample noise of d.
+MIN_EXCESS = 0.25
+
+
+def conditioned(results: list[dict], data: str) -> bool:
+    """Whether R_k is well conditioned on ``data``: the teacher is measurably above the floor for every seed."""
+    return all(r["teacher_excess"] > MIN_EXCESS * r["floor"] for r in results if r["data"] == data)
+
+
 def summarise(results: list[dict]) -> list[dict]:
     """One line per (data, model, sampler, steps): R_k, RMS, throughput ratio and time ratio, mean ± std over seeds."""
     keys = []
@@ -216,7 +226,9 @@ def summarise(results: list[dict]) -> list[dict]:
             [res["times"].get(group) / res["times"]["teacher"] if group in res["times"] else None for res, r in rs])
         target = TARGETS.get((group, steps))
         line["target"] = target
-        line["met"] = None if target is None or line["R"] is None else bool(line["R"] <= target)
+        line["well_conditioned"] = conditioned(results, data)
+        line["met"] = (None if target is None or line["R"] is None or not line["well_conditioned"]
+                       else bool(line["R"] <= target))
         out.append(line)
     return out
 
@@ -243,6 +255,8 @@ def markdown(summary: list[dict], results: list[dict], info: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         met = "–" if s["met"] is None else ("yes" if s["met"] else "**no**")
+        if s["target"] is not None and not s.get("well_conditioned", True):
+            met = "not measurable"
         lines.append(f"| {s['data']} | {s['model']} | {s['sampler']} | {s['steps'] if s['steps'] is not None else 'adaptive'} | "
                      f"{_pm(s['nfe'], 0, 3)} | {_pm(s['R'], s['R_std'])} | {s['target'] or '–'} | {met} | "
                      f"{_pm(s['rms'], s['rms_std'])} | {_pm(s['throughput_vs_dopri5'], 0, 3)} | "
@@ -252,6 +266,11 @@ def markdown(summary: list[dict], results: list[dict], info: dict) -> str:
     for r in results:
         lines.append(f"| {r['data']} | {r['seed']} | {r['floor']:.4g} | {r['d_teacher']:.4g} | {r['teacher_excess']:.4g} | "
                      f"{r['times']['teacher']:.1f} |")
+    bad = sorted({r["data"] for r in results if not conditioned(results, r["data"])})
+    if bad:
+        lines += ["", f"Not measurable: on {', '.join(bad)} the teacher's dopri5 distance exceeds the floor by less "
+                  f"than {MIN_EXCESS:g}× the floor for some seed (its excess is within finite-sample noise), so R_k's denominator is noise and no "
+                  "target is judged there; compare the students' d and RMS instead."]
     lines += ["", f"Command: `{info['command']}`"]
     return "\n".join(lines) + "\n"
 
@@ -268,7 +287,17 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=os.path.join(ROOT, "flowgen_runs", "bench_distill"), help="run folder (reused: finished runs are not redone)")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="results folder")
     p.add_argument("--name", default="distill_quality", help="results file stem")
+    p.add_argument("--render", metavar="JSON", help="rewrite the markdown table of a results JSON and exit")
     args = p.parse_args(argv)
+    if args.render:
+        with open(args.render) as fh:
+            payload = json.load(fh)
+        payload["summary"] = summarise(payload["results"])
+        with open(args.render, "w") as fh:
+            json.dump(payload, fh, indent=2)
+        with open(os.path.splitext(args.render)[0] + ".md", "w") as fh:
+            fh.write(markdown(payload["summary"], payload["results"], payload["info"]))
+        return 0
 
     import warnings
 
