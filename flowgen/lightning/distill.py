@@ -892,7 +892,8 @@ class ConsistencyModule(DistillModule):
         max_sample_steps: the largest multistep count of the generator.
         sample_times: ``{k: [τ_0 … τ_{k−1}]}`` explicit multistep times (default: ρ-schedule, or tuned).
         tune_sample_times: at the end of training choose the multistep times greedily (``τ_1`` for
-            2 steps, then ``τ_2`` for 3 …, each among ``tune_candidates`` times of the ρ-schedule),
+            2 steps, then ``τ_2`` for 3 …, each among the final training grid's interior times, thinned
+            evenly to at most ``tune_candidates``),
             minimising the squared W2 (Fréchet distance for 8×8 digits) between ``tune_num`` samples
             and a reference: the teacher's samples (Heun, ``tune_reference_steps`` steps) for
             distillation (the distillation target, never held-out data), recent training batches for
@@ -1019,10 +1020,27 @@ class ConsistencyModule(DistillModule):
         while sum(x.shape[0] for x in self._recent) - self._recent[0].shape[0] >= self.tune_num:
             self._recent.pop(0)
 
+    def _tune_candidates_from_grid(self) -> list[float]:
+        """Interior times of the last training grid (``N`` of the curriculum's final step), at most ``tune_candidates``.
+
+        The student is trained only at its grid's times and interpolates poorly between them (on
+        moons a CD student's error was 7x larger at t = 0.5 than at the grid time t_max), so
+        multistep times are searched among the grid's own times, evenly thinned when there are more.
+        """
+        from ..distill import consistency_grid
+
+        d = self.distiller
+        n = int(d.num_scales(max(self.total_steps() - 1, 0)))
+        grid = consistency_grid(n, self.flow_path, t_min=d.t_min, t_max=d.t_max, rho=d.rho)[1:-1].tolist()
+        if len(grid) > self.tune_candidates:
+            idx = torch.linspace(0, len(grid) - 1, self.tune_candidates).round().long().unique().tolist()
+            grid = [grid[i] for i in idx]
+        return grid
+
     @torch.no_grad()
     def tune_times(self, reference: Tensor | None = None) -> dict[int, list[float]]:
         """Greedy search of the multistep sampling times (see ``tune_sample_times``); sets and returns them."""
-        from ..distill import ConsistencyGenerator, consistency_grid
+        from ..distill import ConsistencyGenerator
         from ..samplers import sample
 
         was = self.student.training
@@ -1039,7 +1057,7 @@ class ConsistencyModule(DistillModule):
                     return self.sample_times or {}
                 reference = torch.cat(self._recent)[-self.tune_num:]
         d = self.distiller
-        cand = consistency_grid(self.tune_candidates + 2, self.flow_path, t_min=d.t_min, t_max=d.t_max, rho=d.rho)[1:-1].tolist()
+        cand = self._tune_candidates_from_grid()
         metric = _distance_fn(shape)
         times = {1: [d.t_max]}
         best: list[float] = [d.t_max]

@@ -250,6 +250,18 @@ def test_validation_logs_the_distance_at_each_supported_step_count(rf_teacher, t
     assert module.last_samples.shape == (64, 2) and module.last_reference.shape == (64, 2)
 
 
+def test_multistep_candidates_are_training_grid_times_thinned_evenly(rf_teacher):
+    from flowgen.distill import consistency_grid
+
+    m = ConsistencyModule(rf_teacher, num_scales=30, sigma_data=1.0, tune_candidates=5)
+    d = m.distiller
+    grid = consistency_grid(30, d.path, t_min=d.t_min, t_max=d.t_max, rho=d.rho)[1:-1].tolist()
+    cands = m._tune_candidates_from_grid()
+    assert len(cands) == 5 and all(c in grid for c in cands) and cands[0] == grid[0] and cands[-1] == grid[-1]
+    assert ConsistencyModule(rf_teacher, num_scales=6, sigma_data=1.0)._tune_candidates_from_grid() == \
+        consistency_grid(6, d.path, t_min=d.t_min, t_max=d.t_max, rho=d.rho)[1:-1].tolist()
+
+
 def test_consistency_multistep_times_are_chosen_greedily_and_stored(rf_teacher, tmp_path, trainer_factory):
     from flowgen.distill import ConsistencyGenerator
     from flowgen.metrics.distances import w2_squared
@@ -268,7 +280,9 @@ def test_consistency_multistep_times_are_chosen_greedily_and_stored(rf_teacher, 
     ref = sample(m.teacher, m.teacher_flow_path, noise, prediction=m.teacher_pred, method="heun", steps=32).samples
     from flowgen.distill import consistency_grid
 
-    cands = consistency_grid(7, d.path, t_min=d.t_min, t_max=d.t_max, rho=d.rho)[1:-1].tolist()
+    # the candidates are the training grid's interior times (N = 6): the student is trained only there
+    cands = consistency_grid(6, d.path, t_min=d.t_min, t_max=d.t_max, rho=d.rho)[1:-1].tolist()
+    assert all(times[k][-1] in cands for k in (2, 3))
     scores = {}
     for tau in cands:
         gen = ConsistencyGenerator(m.student, d.path, t_min=d.t_min, t_max=d.t_max, step_times={2: [d.t_max, tau]},
