@@ -102,27 +102,56 @@ class Objective:
             f"weighting={self.weighting!r}, coupling={self.coupling!r})"
         )
 
-    def draw(self, data: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Draw ``(t, noise)`` for a data batch: ``t`` ``(B,)`` and coupled noise ``(B, *D)``."""
+    def _check_data(self, data: Tensor) -> None:
         check_batch(data, "data")
         if data.shape[0] == 0:
             raise ValueError(f"data is an empty batch (shape {tuple(data.shape)}); the mean loss needs at least one sample")
         if self.check_finite and data.device.type == "meta":
             raise ValueError("data is a meta tensor (a shape without values) and cannot be checked; "
                              "use check_finite=False to trace shapes")
+
+    def pair(self, data: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Noise ``(B, *D)`` drawn for ``data`` and paired with it by the objective's coupling.
+
+        The costly half of an OT-coupled step; :func:`prefetch_pairs` runs it for the next batch on a
+        worker thread while the current step trains.
+        """
+        self._check_data(data)
         # with the independent coupling the data is checked after the loss (compute), one reduction per call
         if self.check_finite and not isinstance(self.coupling, IndependentCoupling):
             check_finite(data, "data")
-        dtype = torch.float64 if data.dtype == torch.float64 else torch.float32
-        t = self.time.sample(data.shape[0], path=self.path, generator=generator, device=data.device, dtype=dtype)
         noise = randn(data.shape, generator=generator, device=data.device, dtype=data.dtype)
         if not isinstance(self.coupling, IndependentCoupling):
             noise = self.coupling(data, noise, generator)
-        return t, noise
+        return noise
 
-    def compute(self, model, data: Tensor, cond=None, *, generator: torch.Generator | None = None) -> ObjectiveOutput:
-        """Evaluate the objective and return all intermediate tensors (see :class:`ObjectiveOutput`)."""
-        t, noise = self.draw(data, generator)
+    def draw(self, data: Tensor, generator: torch.Generator | None = None, *, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Draw ``(t, noise)`` for a data batch: ``t`` ``(B,)`` and coupled noise ``(B, *D)``.
+
+        With ``noise`` given (already paired, e.g. by :meth:`pair`), only ``t`` is drawn.
+        """
+        self._check_data(data)
+        if noise is not None:
+            if not isinstance(noise, Tensor) or noise.shape != data.shape or noise.device != data.device:
+                raise ValueError(f"noise must be a tensor of data's shape {tuple(data.shape)} on {data.device}, got "
+                                 f"{tuple(noise.shape) if isinstance(noise, Tensor) else type(noise).__name__}"
+                                 f"{' on ' + str(noise.device) if isinstance(noise, Tensor) else ''}")
+            if self.check_finite and not isinstance(self.coupling, IndependentCoupling):
+                check_finite(noise, "noise")
+        dtype = torch.float64 if data.dtype == torch.float64 else torch.float32
+        t = self.time.sample(data.shape[0], path=self.path, generator=generator, device=data.device, dtype=dtype)
+        if noise is None:
+            noise = self.pair(data, generator)
+        return t, noise.to(data.dtype)
+
+    def compute(self, model, data: Tensor, cond=None, *, generator: torch.Generator | None = None,
+                noise: Tensor | None = None) -> ObjectiveOutput:
+        """Evaluate the objective and return all intermediate tensors (see :class:`ObjectiveOutput`).
+
+        ``noise``: optional noise already paired with ``data`` (:meth:`pair`, :func:`prefetch_pairs`);
+        by default it is drawn and coupled here.
+        """
+        t, noise = self.draw(data, generator, noise=noise)
         coefs = _coefficients(self.path, t, data)
         x_t = (coefs[0] * data + coefs[1] * noise).to(data.dtype)
         pred = call_model(model, x_t, t, cond)
@@ -139,6 +168,43 @@ class Objective:
             # (FlowModule names the step, or skips the batch with skip_nonfinite=True)
         return ObjectiveOutput(loss=loss, per_sample=per_sample, t=t, noise=noise, x_t=x_t, pred=pred)
 
-    def __call__(self, model, data: Tensor, cond=None, *, generator: torch.Generator | None = None) -> Tensor:
-        """Differentiable scalar loss of ``model`` on a data batch ``(B, *D)``."""
-        return self.compute(model, data, cond, generator=generator).loss
+    def __call__(self, model, data: Tensor, cond=None, *, generator: torch.Generator | None = None,
+                 noise: Tensor | None = None) -> Tensor:
+        """Differentiable scalar loss of ``model`` on a data batch ``(B, *D)`` (``noise``: see :meth:`compute`)."""
+        return self.compute(model, data, cond, generator=generator, noise=noise).loss
+
+
+def prefetch_pairs(objective: Objective, batches, *, generator: torch.Generator | None = None):
+    """Yield ``(data, noise)`` with ``noise = objective.pair(data)``, pairing the next batch on a worker thread.
+
+    Exact OT (scipy's assignment) and Sinkhorn release the GIL, so the coupling of batch ``i + 1``
+    runs while the caller trains on batch ``i``; an OT-coupled loop then costs little more than an
+    independent one. Pass the noise on: ``objective(model, data, noise=noise)``.
+
+    Args:
+        objective: the objective whose coupling pairs the batches.
+        batches: an iterable of data batches ``(B, *D)``; each is read on the worker thread, one ahead.
+        generator: RNG of the pairing (used only on the worker thread; give ``compute`` its own).
+
+    Yields:
+        ``(data, noise)``, in the order of ``batches``.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    it = iter(batches)
+
+    def next_pair():
+        try:
+            data = next(it)
+        except StopIteration:
+            return None
+        return data, objective.pair(data, generator)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowgen-pairs") as pool:
+        pending = pool.submit(next_pair)
+        while True:
+            item = pending.result()
+            if item is None:
+                return
+            pending = pool.submit(next_pair)
+            yield item
