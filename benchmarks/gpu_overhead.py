@@ -50,7 +50,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from sampler_overhead import MLP  # noqa: E402  (the same 3×256 MLP as the CPU benchmark)
+from sampler_overhead import MLP, peer_contenders  # noqa: E402  (the CPU benchmark's MLP and peer loops)
 
 
 def _sync():
@@ -106,40 +106,7 @@ def sampling_contenders(model, batch: int, steps: int, dev) -> dict:
     captured = CapturedSampler(model, path, shape=(batch, 2), prediction="velocity", method="euler", steps=steps, device=dev)
     out["flowgen_captured"] = lambda noise: captured(noise).samples
 
-    try:
-        from torchdiffeq import odeint
-
-        grid = torch.linspace(1.0, 0.0, steps + 1, device=dev)
-        out["torchdiffeq"] = lambda noise: odeint(lambda t, x: model(x, t.expand(x.shape[0])), noise, grid, method="euler")[-1]
-    except ImportError:
-        pass
-    try:
-        from flow_matching.solver import ODESolver
-        from flow_matching.utils import ModelWrapper
-
-        class Wrapped(ModelWrapper):
-            def forward(self, x, t, **extras):
-                return self.model(x, t.expand(x.shape[0]))
-
-        solver = ODESolver(velocity_model=Wrapped(model))
-        out["flow_matching"] = lambda noise: solver.sample(x_init=noise, step_size=1.0 / steps, method="euler")
-    except ImportError:
-        pass
-    try:
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
-
-        def diff(noise):
-            sched.set_timesteps(steps, device=dev)
-            x, b = noise, noise.shape[0]
-            for t in sched.timesteps:
-                x = sched.step(model(x, t.expand(b)), t, x, return_dict=False)[0]
-            return x
-
-        out["diffusers"] = diff
-    except ImportError:
-        pass
+    out.update(peer_contenders(model, steps, device=dev))
     return out
 
 

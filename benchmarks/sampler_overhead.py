@@ -108,10 +108,17 @@ def contenders(model: nn.Module, steps: int) -> dict:
     out["bare"] = bare
     out["flowgen"] = lambda noise: sample(model, path, noise, prediction="velocity", method="euler", steps=steps).samples
 
+    out.update(peer_contenders(model, steps))
+    return out
+
+
+def peer_contenders(model: nn.Module, steps: int, device=None) -> dict:
+    """name → function(noise) for the importable peers (torchdiffeq, flow_matching, diffusers) on ``device``."""
+    out = {}
     try:
         from torchdiffeq import odeint
 
-        grid = torch.linspace(1.0, 0.0, steps + 1)
+        grid = torch.linspace(1.0, 0.0, steps + 1, device=device)
 
         def tdq(noise):
             b = noise.shape[0]
@@ -140,7 +147,7 @@ def contenders(model: nn.Module, steps: int) -> dict:
         sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
 
         def diff(noise):
-            sched.set_timesteps(steps)
+            sched.set_timesteps(steps, device=device)
             x, b = noise, noise.shape[0]
             for t in sched.timesteps:
                 x = sched.step(model(x, t.expand(b)), t, x, return_dict=False)[0]
