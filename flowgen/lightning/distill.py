@@ -610,7 +610,7 @@ class DistillModule(pl.LightningModule):
         if cb is None or not getattr(cb, "save_last", False) or not getattr(cb, "dirpath", None):
             return
         file = os.path.join(cb.dirpath, f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}")
-        trainer.save_checkpoint(file)
+        trainer.save_checkpoint(file, weights_only=False)  # the full state (optimizer, loops): resumable
 
     # ------------------------------------------------------------------ checkpoints
     def metadata(self) -> dict:
