@@ -895,8 +895,8 @@ class ConsistencyModule(DistillModule):
             2 steps, then ``τ_2`` for 3 …, each among the final training grid's interior times, thinned
             evenly to at most ``tune_candidates``),
             minimising the squared W2 (Fréchet distance for 8×8 digits) between ``tune_num`` samples
-            and a reference: the teacher's samples (Heun, ``tune_reference_steps`` steps) for
-            distillation (the distillation target, never held-out data), recent training batches for
+            and a reference: the teacher's samples (Heun, ``tune_reference_steps`` steps, from noise
+            independent of the student's) for distillation (the distillation target, never held-out data), recent training batches for
             consistency training. Song et al. 2023
             (Sec. 6) pick their multistep times by such a greedy search.
         tune_num, tune_candidates, tune_reference_steps: samples, candidate times and the teacher's
@@ -1050,7 +1050,10 @@ class ConsistencyModule(DistillModule):
         noise = torch.randn((self.tune_num, *shape), generator=g).to(self.device)
         if reference is None:
             if self.mode == "distillation":
-                reference = sample(self.teacher, self.teacher_flow_path, noise, prediction=self.teacher_pred,
+                # the teacher's samples from *independent* noise: with the student's own noise the 1-step map
+                # is pathwise close to them and any re-noising looks worse, whatever the distributions
+                ref_noise = torch.randn((self.tune_num, *shape), generator=g).to(self.device)
+                reference = sample(self.teacher, self.teacher_flow_path, ref_noise, prediction=self.teacher_pred,
                                    method="heun", steps=self.tune_reference_steps).samples
             else:
                 if not self._recent:

@@ -276,8 +276,10 @@ def test_consistency_multistep_times_are_chosen_greedily_and_stored(rf_teacher, 
     for k in (2, 3):  # greedy: each count extends the previous one with a strictly lower time
         assert times[k][:-1] == times[k - 1] and times[k][-1] < times[k - 1][-1] and times[k][-1] > d.t_min
     # τ_1 is the candidate whose 2-step samples are closest (squared W2) to the teacher's (Heun) samples
-    noise = torch.randn((64, 2), generator=torch.Generator().manual_seed(m.val_seed + 12345))
-    ref = sample(m.teacher, m.teacher_flow_path, noise, prediction=m.teacher_pred, method="heun", steps=32).samples
+    g = torch.Generator().manual_seed(m.val_seed + 12345)
+    noise = torch.randn((64, 2), generator=g)
+    ref_noise = torch.randn((64, 2), generator=g)  # the reference comes from independent noise
+    ref = sample(m.teacher, m.teacher_flow_path, ref_noise, prediction=m.teacher_pred, method="heun", steps=32).samples
     from flowgen.distill import consistency_grid
 
     # the candidates are the training grid's interior times (N = 6): the student is trained only there
