@@ -39,6 +39,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+from _common import cpu_name  # noqa: E402
 
 TOYS = ("moons", "checkerboard", "gmm")
 
@@ -90,15 +92,7 @@ COMMON = ["--trainer.val_check_interval", "1000000", "--trainer.limit_val_batche
 def machine() -> dict:
     import torch
 
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_name()
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "python": platform.python_version(), "platform": platform.platform()}
 
@@ -138,11 +132,18 @@ def data_args(kind: str, name: str) -> list[str]:
 def run_one(kind: str, name: str, seed: int, *, work: str, quick: bool, methods: list[str], repeats: int, num: int,
             log) -> dict:
     """Teacher + every method for one data set and seed; returns the rows and timings."""
-    import torch
 
     from flowgen.checkpoint import load_generator
-    from flowgen.distill_cli import (distill_student, evaluate_entries, make_protocol, reference_samples,
-                                     student_entries, teacher_entries, train_teacher, with_ratios)
+    from flowgen.distill_cli import (
+        distill_student,
+        evaluate_entries,
+        make_protocol,
+        reference_samples,
+        student_entries,
+        teacher_entries,
+        train_teacher,
+        with_ratios,
+    )
     from flowgen.lightning.distill import load_student
 
     teacher_recipe, recipes = RECIPES[kind]

@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 
@@ -186,10 +187,13 @@ def _check_ckpt_class_paths(ckpt: dict, argv: list[str], source: str) -> None:
     allowed = _config_text(argv)
     bad = []
 
+    def named(class_path: str) -> bool:  # the whole dotted name, not a fragment of a longer one
+        return re.search(rf"(?<![\w.]){re.escape(class_path)}(?![\w.])", allowed) is not None
+
     def walk(obj, where):
         if isinstance(obj, dict):
             for k, v in obj.items():
-                if k in ("class_path", "_class_path") and isinstance(v, str) and not v.startswith(trusted) and v not in allowed:
+                if k in ("class_path", "_class_path") and isinstance(v, str) and not v.startswith(trusted) and not named(v):
                     bad.append(f"{where}[{k!r}] = {v!r}")
                 walk(v, f"{where}[{k!r}]")
         elif isinstance(obj, (list, tuple)):

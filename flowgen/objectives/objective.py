@@ -117,6 +117,9 @@ class Objective:
         worker thread while the current step trains.
         """
         self._check_data(data)
+        return self._pair(data, generator)
+
+    def _pair(self, data: Tensor, generator: torch.Generator | None) -> Tensor:
         # with the independent coupling the data is checked after the loss (compute), one reduction per call
         if self.check_finite and not isinstance(self.coupling, IndependentCoupling):
             check_finite(data, "data")
@@ -141,7 +144,7 @@ class Objective:
         dtype = torch.float64 if data.dtype == torch.float64 else torch.float32
         t = self.time.sample(data.shape[0], path=self.path, generator=generator, device=data.device, dtype=dtype)
         if noise is None:
-            noise = self.pair(data, generator)
+            noise = self._pair(data, generator)
         return t, noise.to(data.dtype)
 
     def compute(self, model, data: Tensor, cond=None, *, generator: torch.Generator | None = None,

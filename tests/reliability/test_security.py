@@ -293,3 +293,15 @@ def test_fit_ckpt_path_refuses_hyper_parameters_naming_an_untrusted_class(tmp_pa
     err = capsys.readouterr().err
     assert "evil_flowgen_plugin.Net" in err and "trusted" in err
     assert "evil_flowgen_plugin" not in sys.modules
+
+
+def test_ckpt_class_paths_named_whole_by_the_users_config_are_trusted(tmp_path):
+    from flowgen.cli import _check_ckpt_class_paths
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("model:\n  class_path: mypkg.nets.Net\n")
+    ckpt = {"hyper_parameters": {"model": {"class_path": "mypkg.nets.Net"}, "opt": {"class_path": "torch.optim.Adam"}}}
+    _check_ckpt_class_paths(ckpt, ["fit", "--config", str(cfg)], "x.ckpt")  # named in the config: accepted
+    for fragment in ("mypkg.nets", "nets.Net"):  # a fragment of a named class is not the class
+        with pytest.raises(ValueError, match=fragment.replace(".", r"\.")):
+            _check_ckpt_class_paths({"hyper_parameters": {"m": {"class_path": fragment}}}, ["fit", "--config", str(cfg)], "x.ckpt")
