@@ -71,6 +71,7 @@ from ..checkpoint import (
 from ..parameterization import Prediction
 from ..paths import path_from_config, path_to_config
 from ..paths.base import Path
+from .module import LightHookNames
 
 __all__ = [
     "DistillModule",
@@ -225,7 +226,7 @@ def _distance_fn(shape: tuple[int, ...]):
 # =============================================================================================
 # the shared base
 # =============================================================================================
-class DistillModule(pl.LightningModule):
+class DistillModule(LightHookNames, pl.LightningModule):
     """Shared machinery of the distillation modules (teacher loading, phases, checkpoints, validation).
 
     Not used directly: see :class:`ProgressiveDistillModule`, :class:`ConsistencyModule` and

@@ -57,6 +57,21 @@ def default_steps(method: str, steps: int | None) -> int | None:
     return None if adaptive else steps
 
 
+def ema_decay(step: int, *, update_after_step: int, inv_gamma: float, power: float, min_value: float,
+              beta: float) -> float:
+    """The decay ema-pytorch's ``EMA`` applies at the update made when its step counter reads ``step``.
+
+    ``1 − (1 + e/γ)^−power`` clamped to ``[min_value, beta]``, with ``e = step − update_after_step``,
+    and 0 for ``e ≤ 0``; computed on the host in float32 as ema-pytorch does on its step buffer.
+    """
+    epoch = max(step - update_after_step, 0)
+    if epoch <= 0:
+        return 0.0
+    e = torch.tensor(float(epoch), dtype=torch.float32)
+    value = 1 - (1 + e / inv_gamma) ** -power
+    return float(value.clamp(min=min_value, max=beta))
+
+
 def _given_hparams() -> dict | None:
     """The plain config LightningCLI is instantiating this module from, if any."""
     try:
@@ -79,7 +94,23 @@ def _unpack(batch) -> tuple[Tensor, Tensor | None]:
     raise TypeError(f"a batch must be a tensor, (data, labels) or {{'data': ..., 'cond': ...}}, got {type(batch).__name__}")
 
 
-class FlowModule(pl.LightningModule):
+class LightHookNames:
+    """Mixin for a ``LightningModule``: Lightning's hook-name bookkeeping without ``nn.Module.__setattr__``.
+
+    Lightning sets ``module._current_fx_name`` before and after every hook call, about 40 times per
+    training step; through ``nn.Module.__setattr__`` (which checks for parameters, buffers and
+    submodules) each costs about 1 µs of host time. The name is a plain string, so it goes straight
+    into the instance dictionary.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "_current_fx_name":
+            self.__dict__[name] = value
+        else:
+            super().__setattr__(name, value)
+
+
+class FlowModule(LightHookNames, pl.LightningModule):
     """Train any flowgen objective on any network, with EMA, sampling validation and safe checkpoints.
 
     Args:
@@ -330,16 +361,31 @@ class FlowModule(pl.LightningModule):
             self._update_ema()
 
     def _update_ema(self) -> None:
-        """ema-pytorch's ``update()``, skipping its host reads on the steps where it would only count."""
+        """ema-pytorch's ``update()`` without its host reads.
+
+        ``EMA.update`` reads its step and init flags and its decay with ``.item()``: four device syncs
+        per step on an accelerator, which stop the host from queueing the next step. The step count is
+        kept on the host here, the decay is computed there by :func:`ema_decay` (ema-pytorch's formula
+        in its float32 arithmetic), and the averaging itself is still ema-pytorch's
+        ``update_moving_average`` / ``copy_params_from_model_to_ema``; the result is bitwise that of
+        ``EMA.update`` (tested).
+        """
         ema, hot = self.ema, self._hot
         s = hot["ema_step"]
         if s is None:
-            s = int(ema.step)
-        if s == 0 or s % ema.update_every == 0 or not hot.get("ema_initted"):
-            ema.update()
+            s = int(ema.step)  # one read after construction or a checkpoint load
+        if not hot.get("ema_initted"):
+            ema.update()  # initialises (copies the weights) once
             hot["ema_initted"] = True
         else:
             ema.step.add_(1)
+            if s % ema.update_every == 0:
+                if s <= ema.update_after_step:
+                    ema.copy_params_from_model_to_ema()
+                else:
+                    decay = ema_decay(s, update_after_step=ema.update_after_step, inv_gamma=ema.inv_gamma,
+                                      power=ema.power, min_value=ema.min_value, beta=ema.beta)
+                    ema.update_moving_average(ema.ema_model, ema.model, current_decay=decay)
         hot["ema_step"] = s + 1
 
     # ------------------------------------------------------------------ hooks: fit / resume

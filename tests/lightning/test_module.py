@@ -87,13 +87,14 @@ def test_skip_nonfinite_skips_and_counts(tiny_trainer, tmp_path):
     assert meta["skipped_nonfinite"] == 4
 
 
-def test_ema_update_schedule_matches_ema_pytorch_exactly():
+@pytest.mark.parametrize("decay,warmup,every,power", [(0.9, 3, 3, 1.0), (0.999, 5, 1, 0.75), (0.99, 0, 2, 2 / 3)])
+def test_ema_update_schedule_matches_ema_pytorch_exactly(decay, warmup, every, power):
     from ema_pytorch import EMA
 
     torch.manual_seed(0)
-    module = small(ema_decay=0.9, ema_warmup_steps=3, ema_update_every=3, ema_power=1.0)
-    ref = EMA(module.model, beta=0.9, update_after_step=3, update_every=3, power=1.0, include_online_model=False)
-    for _ in range(17):
+    module = small(ema_decay=decay, ema_warmup_steps=warmup, ema_update_every=every, ema_power=power)
+    ref = EMA(module.model, beta=decay, update_after_step=warmup, update_every=every, power=power, include_online_model=False)
+    for _ in range(40):
         with torch.no_grad():
             for p in module.model.parameters():
                 p.add_(torch.randn_like(p))
@@ -101,7 +102,33 @@ def test_ema_update_schedule_matches_ema_pytorch_exactly():
         ref.update()
     for a, b in zip(module.ema.ema_model.parameters(), ref.ema_model.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert int(module.ema.step) == int(ref.step) == 17
+    assert int(module.ema.step) == int(ref.step) == 40
+
+
+def test_ema_decay_is_ema_pytorchs():
+    from ema_pytorch import EMA
+
+    from flowgen.lightning.module import ema_decay
+
+    for after, power in ((0, 0.75), (10, 2 / 3), (100, 1.0)):
+        ema = EMA(torch.nn.Linear(2, 2), beta=0.9999, update_after_step=after, power=power, include_online_model=False)
+        for s in list(range(0, 130)) + [1000, 10**5]:
+            ema.step.fill_(s + 1)  # EMA.update reads the decay after incrementing its step
+            assert ema_decay(s, update_after_step=after, inv_gamma=1.0, power=power, min_value=0.0, beta=0.9999) \
+                == ema.get_current_decay(), (after, power, s)
+
+
+def test_ema_update_reads_nothing_back_from_the_device():
+    """After initialisation an EMA step only queues device work: no host read of a device tensor
+    (each would be a sync on an accelerator). On the meta device any such read raises."""
+    module = small(ema_decay=0.99, ema_warmup_steps=2, ema_update_every=1)
+    module._update_ema()  # initialisation may read
+    module.to("meta")
+    with pytest.raises(RuntimeError, match="meta"):
+        module.ema.update()  # ema-pytorch's own update reads its step back
+    for _ in range(6):  # through the warm-up copies and into the averaging
+        module._update_ema()
+    assert module._hot["ema_step"] == 7
 
 
 def test_checkpoint_is_safe_and_samples_with_ema_weights(tiny_trainer, tmp_path):
