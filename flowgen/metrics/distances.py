@@ -2,9 +2,9 @@ r"""Sample-based distances between distributions: exact W2, MMD, Fréchet distan
 
 * :func:`wasserstein2` / :func:`w2_squared` — exact 2-Wasserstein distance between two
   equal-size point clouds with uniform weights. By Birkhoff–von Neumann the optimal plan is a
-  permutation, found by linear assignment on the squared-distance matrix:
-  ``W2² = min_π (1/N) Σ_i ‖x_i − y_π(i)‖²``. Cost ``O(N³)`` time and ``O(N²)`` memory (2000
-  2-D points take about 1–2 s on one CPU core); 1-D data uses the sorted matching instead.
+  permutation, found exactly on the squared-distance matrix by :func:`flowgen._ot.assignment`
+  (POT's network simplex): ``W2² = min_π (1/N) Σ_i ‖x_i − y_π(i)‖²``. ``O(N²)`` memory; 2000 2-D
+  points take about 0.4 s on one CPU core; 1-D data uses the sorted matching instead.
 * :func:`mmd` — unbiased estimate of ``MMD²`` with a sum of Gaussian (RBF) or inverse
   multiquadric kernels over several bandwidths.
 * :func:`frechet_distance` — ``‖μ_x − μ_y‖² + tr(Σ_x + Σ_y − 2 (Σ_x^{1/2} Σ_y Σ_x^{1/2})^{1/2})``,
@@ -27,9 +27,9 @@ from __future__ import annotations
 import math
 
 from .._choice import Choice
+from .._ot import assignment
 
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 __all__ = [
@@ -94,9 +94,8 @@ def w2_squared(x: Tensor, y: Tensor) -> float:
         return float((a[:, 0].sort().values - b[:, 0].sort().values).pow(2).mean())
     cost = torch.cdist(a, b).pow(2).cpu().numpy()
     # cdist can round tiny distances; recompute the matched costs exactly
-    rows, cols = linear_sum_assignment(cost)
-    rows_t, cols_t = torch.as_tensor(rows, device=a.device), torch.as_tensor(cols, device=a.device)
-    return float((a[rows_t] - b[cols_t]).pow(2).sum(1).mean())
+    cols = torch.as_tensor(assignment(cost), device=a.device)
+    return float((a - b[cols]).pow(2).sum(1).mean())
 
 
 def wasserstein2(x: Tensor, y: Tensor) -> float:

@@ -6,7 +6,8 @@ A coupling reorders (or resamples) the noise so that ``noise'[i]`` is paired wit
 * :class:`IndependentCoupling` — the noise as drawn.
 * :class:`ExactOTCoupling` — minibatch optimal transport for the squared Euclidean cost.
   With uniform weights and equal batch sizes the optimal plan is a permutation
-  (Birkhoff–von Neumann), found exactly by linear assignment (scipy, on the CPU).
+  (Birkhoff–von Neumann), found exactly on the CPU by :func:`flowgen._ot.assignment` (POT's network
+  simplex; scipy's linear assignment for small batches).
 * :class:`SinkhornCoupling` — entropic OT solved by log-domain Sinkhorn iterations on the
   tensors' device; each data point draws its partner from its row of the plan.
 
@@ -19,11 +20,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from .._ot import assignment
 from .._random import rand
 
 __all__ = ["Coupling", "IndependentCoupling", "ExactOTCoupling", "SinkhornCoupling", "get_coupling", "pairwise_sq_dist"]
@@ -70,7 +70,7 @@ class ExactOTCoupling(Coupling):
 
     def __call__(self, data, noise, generator=None):
         cost = _plan_cost(data, noise)
-        _, cols = linear_sum_assignment(cost.cpu().numpy().astype(np.float64))
+        cols = assignment(cost.cpu().numpy())
         return noise[torch.as_tensor(cols, device=noise.device)]
 
 
