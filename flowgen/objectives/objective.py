@@ -180,9 +180,9 @@ class Objective:
 def prefetch_pairs(objective: Objective, batches, *, generator: torch.Generator | None = None):
     """Yield ``(data, noise)`` with ``noise = objective.pair(data)``, pairing the next batch on a worker thread.
 
-    Exact OT (POT's network simplex or scipy's assignment) and Sinkhorn release the GIL, so the coupling of batch ``i + 1``
-    runs while the caller trains on batch ``i``; an OT-coupled loop then costs little more than an
-    independent one. Pass the noise on: ``objective(model, data, noise=noise)``.
+    Exact OT (POT's network simplex or scipy's assignment) and Sinkhorn release the GIL, so the
+    coupling of batch ``i + 1`` runs while the caller trains on batch ``i``; an OT-coupled loop then
+    costs little more than an independent one. Pass the noise on: ``objective(model, data, noise=noise)``.
 
     Args:
         objective: the objective whose coupling pairs the batches.
