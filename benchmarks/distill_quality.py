@@ -68,8 +68,8 @@ RECIPES = {
 QUICK = {
     "toy": {
         "teacher": ["--trainer.max_steps", "4000", "--model.model.init_args.hidden", "128"],
-        "progressive": ["--trainer.max_steps", "7800", "--model.init_args.student_steps", "32", "--model.init_args.lr", "0.001",
-                        "--model.init_args.steps_per_round", "[800, 800, 1000, 1200, 1600, 2400]"],
+        "progressive": ["--trainer.max_steps", "8600", "--model.init_args.student_steps", "128", "--model.init_args.lr", "0.001",
+                        "--model.init_args.steps_per_round", "[500, 500, 600, 800, 1000, 1200, 1600, 2400]"],
         "consistency_distillation": ["--trainer.max_steps", "9000", "--data.init_args.batch_size", "512"],
         "reflow": ["--trainer.max_steps", "4000", "--model.init_args.steps_per_round", "1500",
                    "--model.init_args.distill_steps", "2500", "--model.init_args.num_pairs", "20000"],
