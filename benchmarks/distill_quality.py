@@ -18,7 +18,7 @@ Everything runs in this process through the same code as ``flowgen fit`` / ``flo
 
 Usage::
 
-    python benchmarks/distill_quality.py --quick                      # toys, reduced budgets (≈ 40 min on 2 CPU cores)
+    python benchmarks/distill_quality.py --quick                      # toys, reduced budgets (≈ 50 min on 2 CPU cores)
     python benchmarks/distill_quality.py                              # toys, the recipes' full budgets, 3 seeds
     python benchmarks/distill_quality.py --data digits --seeds 0      # the digits (U-Net teacher; hours on a CPU)
 
