@@ -18,7 +18,10 @@ embedding) with Adam at batch 256 on two-moons data drawn fresh each step:
 * ``plain_lightning``: for reference, a plain LightningModule with the hand loss, ``self.log`` on
   every step and a ``DataLoader`` over a ``TensorDataset`` (batch collation on the CPU);
 * ``d_indep`` / ``d_ot`` / ``d_sinkhorn``: the objective loop with independent, exact minibatch OT
-  (scipy linear assignment) and Sinkhorn couplings (flow matching);
+  (POT's network simplex) and Sinkhorn couplings (flow matching); ``*_prefetch``: the same with
+  :func:`flowgen.objectives.prefetch_pairs` (the next batch paired on a worker thread);
+* ``e_lightning_indep`` / ``e_lightning_ot`` / ``e_lightning_ot_prefetch``: ``FlowModule`` (EMA off)
+  with flow matching, independent and exact-OT couplings, the last with ``prefetch_pairs=True``;
 * ``torchcfm_indep`` / ``torchcfm_ot``: torchcfm's ``ConditionalFlowMatcher`` and
   ``ExactOptimalTransportConditionalFlowMatcher`` (POT's exact EMD) in the same loop, run in
   the benchmark venv (a different torch build: compare its ratio, not its times).
@@ -204,11 +207,12 @@ def _fit(module, data, steps: int, root: str) -> list[float]:
     return timer.times()[2:]  # drop the first steps (lazy init)
 
 
-def loop_lightning(steps, *, ema: bool, root: str):
+def loop_lightning(steps, *, ema: bool, root: str, coupling: str | None = None, prefetch: bool = False):
     from flowgen.lightning import FlowModule, ToyDataModule
-    from flowgen.objectives import rectified_flow
+    from flowgen.objectives import flow_matching, rectified_flow
 
-    module = FlowModule(_model(), rectified_flow(), lr=1e-3, ema=ema,
+    objective = rectified_flow() if coupling is None else flow_matching(coupling=coupling)
+    module = FlowModule(_model(), objective, lr=1e-3, ema=ema, prefetch_pairs=prefetch,
                         model_spec={"class_path": "flowgen.nn.MLP", "init_args": {"dim": 2}})
     return _fit(module, ToyDataModule("moons", batch_size=BATCH, val_size=16), steps + 2, root)
 
@@ -286,6 +290,9 @@ def run(rounds: int, steps: int, only_torchcfm: bool = False, only: list[str] | 
             "c_lightning": lambda k: loop_lightning(k, ema=False, root=root),
             "c_lightning_ema": lambda k: loop_lightning(k, ema=True, root=root),
             "plain_lightning": lambda k: loop_plain_lightning(k, root=root),
+            "e_lightning_indep": lambda k: loop_lightning(k, ema=False, root=root, coupling="independent"),
+            "e_lightning_ot": lambda k: loop_lightning(k, ema=False, root=root, coupling="ot"),
+            "e_lightning_ot_prefetch": lambda k: loop_lightning(k, ema=False, root=root, coupling="ot", prefetch=True),
             "d_indep": loop_indep,
             "d_ot": loop_ot,
             "d_sinkhorn": loop_sinkhorn,
@@ -366,6 +373,9 @@ def main(argv=None) -> int:
         "d_sinkhorn / d_indep": _ratio(res, "d_sinkhorn", "d_indep"),
         "d_ot_prefetch / d_indep (pairing on a worker thread)": _ratio(res, "d_ot_prefetch", "d_indep"),
         "d_sinkhorn_prefetch / d_indep": _ratio(res, "d_sinkhorn_prefetch", "d_indep"),
+        "e_lightning_ot / e_lightning_indep (FlowModule, exact OT)": _ratio(res, "e_lightning_ot", "e_lightning_indep"),
+        "e_lightning_ot_prefetch / e_lightning_indep (FlowModule prefetch_pairs=True)":
+            _ratio(res, "e_lightning_ot_prefetch", "e_lightning_indep"),
         "torchcfm_ot / torchcfm_indep (issue: 2.5-5)": _ratio(res, "torchcfm_ot", "torchcfm_indep"),
     }
     report = {"benchmark": "training_overhead", "batch": BATCH, "model": "flowgen.nn.MLP(2): 3x256 SiLU",

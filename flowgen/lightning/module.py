@@ -34,12 +34,16 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import METADATA_KEY, capture_rng_state, make_metadata, module_spec, restore_rng_state, to_plain
-from ..objectives import Objective
+from ..objectives import IndependentCoupling, Objective
 
 __all__ = ["FlowModule", "NonFiniteLossError", "OptimizerCallable", "LRSchedulerCallable"]
 
 OptimizerCallable = Callable[[Iterable], torch.optim.Optimizer]
 LRSchedulerCallable = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
+
+#: Checkpoint entry of the pair queued by ``prefetch_pairs`` (the next step trains on it).
+PREFETCH_KEY = "flowgen_prefetched_pair"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -134,6 +138,11 @@ class FlowModule(LightHookNames, pl.LightningModule):
         class_cond: pass the batch labels to the model as ``cond``.
         cond_drop_prob: probability of replacing a label by the model's null class (classifier-free guidance).
         guidance_scale: guidance used when sampling a class-conditional model at validation.
+        prefetch_pairs: pair each batch with its coupled noise on a worker thread (OT couplings;
+            ignored for the independent one): step ``i`` trains on batch ``i − 1`` while batch ``i``
+            is paired, as :func:`flowgen.objectives.prefetch_pairs` does in a custom loop. The first
+            step of a fresh run only starts the pipeline (no update); the pending pair and the
+            pairing generator are saved in checkpoints, so a resumed run continues exactly.
         skip_nonfinite: skip (and count) batches whose loss is NaN/Inf instead of stopping with
             :class:`NonFiniteLossError`.
         model_spec: ``{"class_path", "init_args"}`` of ``model`` for the checkpoint metadata; taken
@@ -165,6 +174,7 @@ class FlowModule(LightHookNames, pl.LightningModule):
         class_cond: bool = False,
         cond_drop_prob: float = 0.0,
         guidance_scale: float | None = None,
+        prefetch_pairs: bool = False,
         skip_nonfinite: bool = False,
         model_spec: dict | None = None,
     ):
@@ -228,6 +238,13 @@ class FlowModule(LightHookNames, pl.LightningModule):
         self.val_num_samples, self.val_metrics, self.val_seed = val_num_samples, val_metrics, int(val_seed)
         self.class_cond, self.cond_drop_prob, self.guidance_scale = bool(class_cond), float(cond_drop_prob), guidance_scale
         self.skip_nonfinite = bool(skip_nonfinite)
+        if not isinstance(prefetch_pairs, bool):
+            raise ValueError(f"prefetch_pairs must be a bool, got {prefetch_pairs!r}")
+        self.prefetch_pairs = prefetch_pairs and not isinstance(objective.coupling, IndependentCoupling)
+        self._pair_pool = None  # the worker thread, created on the first training step
+        self._pending_pair: tuple | None = None  # (data, labels, noise or its Future) of the next step
+        self._pair_gen: torch.Generator | None = None
+        self._pair_gen_state: Tensor | None = None
 
         self.data_shape: tuple[int, ...] | None = None
         self.num_classes: int | None = getattr(model, "num_classes", None) if class_cond else None
@@ -299,7 +316,14 @@ class FlowModule(LightHookNames, pl.LightningModule):
         hot = self._hot  # plain dict: per-step state without nn.Module.__setattr__ costs
         if self.data_shape is None:
             self.data_shape = tuple(data.shape[1:])
-        out = self.objective.compute(self.model, data, self._cond(labels) if self.class_cond else None)
+        noise = None
+        if self.prefetch_pairs:
+            item = self._advance_pairs(data, labels)
+            if item is None:  # the pipeline's first batch: nothing is paired yet
+                hot["skipped"] = True
+                return None
+            data, labels, noise = item
+        out = self.objective.compute(self.model, data, self._cond(labels) if self.class_cond else None, noise=noise)
         loss = out.loss
         detached = loss.detach()
         hot["skipped"] = False
@@ -327,6 +351,39 @@ class FlowModule(LightHookNames, pl.LightningModule):
                      batch_size=data.shape[0])
             hot["loss_sum"], hot["loss_n"] = None, 0
         return loss
+
+    def _advance_pairs(self, data: Tensor, labels: Tensor | None):
+        """Queue the pairing of this batch; return the previous batch with its noise (``None`` at the start)."""
+        if self._pair_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pair_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowgen-pairs")
+        if self._pair_gen is None or self._pair_gen.device != data.device:
+            self._pair_gen = torch.Generator(device=data.device)
+            if self._pair_gen_state is not None:
+                self._pair_gen.set_state(self._pair_gen_state)
+                self._pair_gen_state = None
+            else:
+                self._pair_gen.manual_seed(int(torch.randint(2**62, (1,))))
+        future = self._pair_pool.submit(self.objective.pair, data, self._pair_gen)
+        previous, self._pending_pair = self._pending_pair, (data, labels, future)
+        if previous is None:
+            return None
+        d, lab, noise = previous
+        noise = noise.result() if not isinstance(noise, Tensor) else noise
+        return d.to(data.device), (lab.to(data.device) if lab is not None else None), noise.to(data.device)
+
+    def _resolve_pending_pair(self) -> None:
+        """Wait for the queued pairing (its noise and the generator state are then final)."""
+        if self._pending_pair is not None and not isinstance(self._pending_pair[2], Tensor):
+            d, lab, future = self._pending_pair
+            self._pending_pair = (d, lab, future.result())
+
+    def _stop_pairing(self) -> None:
+        if self._pair_pool is not None:
+            self._resolve_pending_pair()
+            self._pair_pool.shutdown(wait=True)
+            self._pair_pool = None
 
     def _should_log(self) -> bool:
         try:
@@ -390,6 +447,8 @@ class FlowModule(LightHookNames, pl.LightningModule):
 
     # ------------------------------------------------------------------ hooks: fit / resume
     def on_train_start(self) -> None:
+        if not self._hot.pop("pair_from_checkpoint", False):
+            self._pending_pair = None  # a new fit starts its own pipeline (a resumed one continues it)
         if self._pending_rng is not None:
             restore_rng_state(self._pending_rng)
             self._pending_rng = None
@@ -402,6 +461,7 @@ class FlowModule(LightHookNames, pl.LightningModule):
         self._step_dev = None
 
     def on_train_end(self) -> None:
+        self._stop_pairing()
         self._check_deferred_nonfinite()
 
     def _datamodule(self):
@@ -431,12 +491,25 @@ class FlowModule(LightHookNames, pl.LightningModule):
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._pending_pair is not None:
+            self._resolve_pending_pair()
+            d, lab, noise = self._pending_pair
+            checkpoint[PREFETCH_KEY] = {
+                "data": d.detach().cpu(), "labels": lab.detach().cpu() if lab is not None else None,
+                "noise": noise.detach().cpu(),
+                "generator": self._pair_gen.get_state() if self._pair_gen is not None else self._pair_gen_state,
+            }
         self._check_deferred_nonfinite()
         meta = self.metadata()
         meta["rng"] = capture_rng_state()
         checkpoint[METADATA_KEY] = meta
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        pending = checkpoint.get(PREFETCH_KEY)
+        if pending is not None:
+            self._pending_pair = (pending["data"], pending["labels"], pending["noise"])
+            self._pair_gen, self._pair_gen_state = None, pending["generator"]
+            self._hot["pair_from_checkpoint"] = True
         meta = checkpoint.get(METADATA_KEY) or {}
         self._pending_rng = meta.get("rng")
         self.skipped_nonfinite = int(meta.get("skipped_nonfinite", 0) or 0)

@@ -183,3 +183,42 @@ def test_argument_errors_name_the_argument():
                      ({"sample_steps": 0}, "sample_steps"), ({"cond_drop_prob": 2.0}, "cond_drop_prob")]:
         with pytest.raises(ValueError, match=name):
             small(**kw)
+
+
+def test_prefetch_pairs_trains_each_batch_with_its_ot_noise_one_step_later(tiny_trainer):
+    from flowgen.objectives import ExactOTCoupling, flow_matching
+
+    pl.seed_everything(0, verbose=False)
+    objective = flow_matching(coupling="ot")
+    module = small(objective=objective, prefetch_pairs=True, ema=False)
+    paired, trained = [], []
+    pair, compute = objective.pair, objective.compute
+
+    def spy_pair(data, generator=None):  # runs on the worker thread, once per batch, in order
+        noise = pair(data, generator)
+        paired.append((data.clone(), noise.clone()))
+        return noise
+
+    def spy_compute(model, data, cond=None, **kw):
+        trained.append((data.clone(), kw["noise"].clone()))
+        return compute(model, data, cond, **kw)
+
+    objective.pair, objective.compute = spy_pair, spy_compute
+    before = [p.detach().clone() for p in module.model.parameters()]
+    tiny_trainer(1).fit(module, ToyDataModule(batch_size=32))
+    assert module.trainer.global_step == 1 and trained == []  # the first step only queues the pairing
+    assert all(torch.equal(a, b) for a, b in zip(before, module.model.parameters()))
+
+    paired.clear()
+    tiny_trainer(6).fit(module, ToyDataModule(batch_size=32))
+    assert len(paired) == 6 and len(trained) == 5
+    for (data, noise), (d, n) in zip(paired, trained):
+        assert torch.equal(data, d) and torch.equal(noise, n)
+        assert torch.equal(ExactOTCoupling()(d, n), n)  # already the optimal pairing
+    assert module._pair_pool is None  # the worker is stopped at the end of training
+
+
+def test_prefetch_pairs_is_off_for_the_independent_coupling_and_checked():
+    assert small(prefetch_pairs=True).prefetch_pairs is False
+    with pytest.raises(ValueError, match="prefetch_pairs must be a bool"):
+        small(prefetch_pairs="yes")

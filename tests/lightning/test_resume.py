@@ -23,28 +23,32 @@ class Crash(pl.Callback):
             raise RuntimeError("simulated crash")
 
 
-def _module(objective):
+def _module(objective, prefetch=False):
     return FlowModule(MLP(2, hidden=32, depth=2), objective, lr=3e-3, ema_decay=0.9, ema_warmup_steps=2,
-                      ema_update_every=2, model_spec=SPEC)
+                      ema_update_every=2, model_spec=SPEC, prefetch_pairs=prefetch)
 
 
 def _state(module):
     return {k: v.clone() for k, v in module.state_dict().items()}
 
 
-@pytest.mark.parametrize("make_objective", [rectified_flow, lambda: flow_matching(coupling="sinkhorn")],
-                         ids=["rf", "sinkhorn_ot"])
-def test_resume_matches_uninterrupted_run(tmp_path, tiny_trainer, make_objective):
+@pytest.mark.parametrize("make_objective,prefetch", [
+    (rectified_flow, False),
+    (lambda: flow_matching(coupling="sinkhorn"), False),
+    (lambda: flow_matching(coupling="sinkhorn"), True),  # the queued pair and its generator are in the checkpoint
+    (lambda: flow_matching(coupling="ot"), True),
+], ids=["rf", "sinkhorn_ot", "sinkhorn_ot_prefetch", "exact_ot_prefetch"])
+def test_resume_matches_uninterrupted_run(tmp_path, tiny_trainer, make_objective, prefetch):
     n, half = 12, 5
     # bpe=4 so the crash lands mid-epoch and the run crosses epoch boundaries
     data = lambda: ToyDataModule("moons", batch_size=64, val_size=64, batches_per_epoch=4)  # noqa: E731
 
     pl.seed_everything(123, verbose=False)
-    ref = _module(make_objective())
+    ref = _module(make_objective(), prefetch)
     tiny_trainer(n, root=tmp_path / "a", deterministic=True, checkpoint_every=100).fit(ref, data())
 
     pl.seed_everything(123, verbose=False)
-    first = _module(make_objective())
+    first = _module(make_objective(), prefetch)
     with pytest.raises(RuntimeError, match="simulated crash"):
         tiny_trainer(n, root=tmp_path / "b", deterministic=True, checkpoint_every=half,
                      callbacks=[Crash(half + 1)]).fit(first, data())
@@ -52,7 +56,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, tiny_trainer, make_objective
     assert safe_load(last)["global_step"] == half
 
     pl.seed_everything(999, verbose=False)  # a different seed: everything must come from the checkpoint
-    resumed = _module(make_objective())
+    resumed = _module(make_objective(), prefetch)
     tiny_trainer(n, root=tmp_path / "b", deterministic=True, checkpoint_every=half).fit(resumed, data(), ckpt_path=str(last))
 
     a, b = _state(ref), _state(resumed)
