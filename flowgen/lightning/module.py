@@ -323,7 +323,10 @@ class FlowModule(LightHookNames, pl.LightningModule):
                 hot["skipped"] = True
                 return None
             data, labels, noise = item
-        out = self.objective.compute(self.model, data, self._cond(labels) if self.class_cond else None, noise=noise)
+        cond = self._cond(labels) if self.class_cond else None
+        # noise= only when prefetched, so objectives overriding compute(model, data, cond) keep working
+        out = self.objective.compute(self.model, data, cond) if noise is None else \
+            self.objective.compute(self.model, data, cond, noise=noise)
         loss = out.loss
         detached = loss.detach()
         hot["skipped"] = False
