@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .._ot import assignment
+from .._validation import check_finite
 from .._random import rand
 
 __all__ = ["Coupling", "IndependentCoupling", "ExactOTCoupling", "SinkhornCoupling", "get_coupling", "pairwise_sq_dist"]
@@ -44,7 +45,12 @@ def _plan_cost(data: Tensor, noise: Tensor) -> Tensor:
     """
     a, b = data.detach().float(), noise.detach().float()
     scale = torch.maximum(a.abs().amax(), b.abs().amax()).clamp_min(1e-30) if a.numel() and b.numel() else 1.0
-    return pairwise_sq_dist(a / scale, b / scale)
+    cost = pairwise_sq_dist(a / scale, b / scale)
+    if not bool(torch.isfinite(cost).all()):  # one reduction; NaN/Inf points would give an arbitrary pairing
+        check_finite(data, "data")
+        check_finite(noise, "noise")
+        raise ValueError("the pairwise squared distances of data and noise are not finite in float32")
+    return cost
 
 
 class Coupling:

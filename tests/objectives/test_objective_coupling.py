@@ -95,3 +95,16 @@ def test_independent_and_lookup():
         SinkhornCoupling(reg=float("nan"))
     with pytest.raises(ValueError, match=r"max_iter must be a positive int"):
         SinkhornCoupling(max_iter=0)
+
+
+@pytest.mark.parametrize("coupling", [ExactOTCoupling(), SinkhornCoupling()], ids=["exact", "sinkhorn"])
+def test_couplings_refuse_non_finite_points_naming_them(coupling):
+    data, noise = torch.randn(80, 2), torch.randn(80, 2)
+    bad = data.clone()
+    bad[5, 1] = float("nan")
+    with pytest.raises(ValueError, match="data holds 1 non-finite"):
+        coupling(bad, noise)
+    bad = noise.clone()
+    bad[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="noise holds 1 non-finite"):
+        coupling(data, bad)
