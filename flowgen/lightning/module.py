@@ -10,10 +10,11 @@
 * the optimizer/scheduler (LightningCLI-style callables, or simple ``lr``/``weight_decay``).
 
 Per-step overhead is kept small: the training loss is accumulated on the device and logged as a
-window mean only on the steps where Lightning writes logs; the EMA is stepped without host syncs
-between its updates; non-finite losses are checked with one host read per step on the CPU and,
-on accelerators, recorded on the device and checked at log/checkpoint/validation time (the error
-still names the exact global step).
+window mean only on the steps where Lightning writes logs; the EMA is stepped without any host
+read (its decay is computed on the host); non-finite losses are checked with one host read per step
+on the CPU and, on accelerators, recorded on the device and checked at log/checkpoint/validation
+time (the error still names the exact global step); with ``prefetch_pairs=True`` an OT coupling
+runs on a worker thread, one batch ahead.
 
 Checkpoints carry, besides Lightning's optimizer/scheduler/loop state: the EMA, the RNG states
 (torch, CUDA, numpy, python; the data stream's generator is in the data module's state) and the
