@@ -64,7 +64,7 @@ RECIPES = {
     }),
 }
 
-#: --quick overrides (LightningCLI arguments) per data kind: the toys' budgets that fit ~40 min on 2 shared cores.
+#: --quick overrides (LightningCLI arguments) per data kind: the toys' budgets that fit ~50 min on 2 shared cores.
 QUICK = {
     "toy": {
         "teacher": ["--trainer.max_steps", "4000", "--model.model.init_args.hidden", "128"],

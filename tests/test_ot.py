@@ -24,9 +24,21 @@ def _check(cost: np.ndarray, cols: np.ndarray) -> None:
     assert float(cost[np.arange(n), cols].sum()) == pytest.approx(_optimum(cost), rel=1e-12, abs=1e-12)
 
 
-def test_network_simplex_is_used_above_the_small_size():
+def test_network_simplex_solves_above_the_small_size(monkeypatch):
     pytest.importorskip("ot")
-    assert _ot._network_simplex() is not None and _ot.SMALL < 65
+    calls = []
+    emd = _ot._network_simplex()
+
+    def spy(*args, **kwargs):
+        calls.append(args[2].shape[0])
+        return emd(*args, **kwargs)
+
+    monkeypatch.setattr(_ot, "_network_simplex", lambda: spy)
+    rng = np.random.default_rng(0)
+    for n in (_ot.SMALL, _ot.SMALL + 1):
+        cost = rng.random((n, n))
+        _check(cost, assignment(cost))
+    assert calls == [_ot.SMALL + 1]  # scipy up to SMALL, the network simplex above
 
 
 @settings(max_examples=25)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -45,12 +46,18 @@ def _plan_cost(data: Tensor, noise: Tensor) -> Tensor:
     """
     a, b = data.detach().float(), noise.detach().float()
     scale = torch.maximum(a.abs().amax(), b.abs().amax()).clamp_min(1e-30) if a.numel() and b.numel() else 1.0
-    cost = pairwise_sq_dist(a / scale, b / scale)
-    if not bool(torch.isfinite(cost).all()):  # one reduction; NaN/Inf points would give an arbitrary pairing
-        check_finite(data, "data")
-        check_finite(noise, "noise")
-        raise ValueError("the pairwise squared distances of data and noise are not finite in float32")
-    return cost
+    return pairwise_sq_dist(a / scale, b / scale)
+
+
+def _refuse_non_finite(data: Tensor, noise: Tensor) -> None:
+    """Raise for a non-finite cost or plan, naming ``data`` or ``noise`` when one holds NaN/Inf.
+
+    Called where the couplings read their cost or plan back to the host anyway (no extra device
+    sync on the training path); NaN/Inf points would otherwise give an arbitrary pairing.
+    """
+    check_finite(data, "data")
+    check_finite(noise, "noise")
+    raise ValueError("the optimal-transport cost or plan of data and noise is not finite")
 
 
 class Coupling:
@@ -75,8 +82,10 @@ class ExactOTCoupling(Coupling):
     """Exact minibatch OT: the permutation of ``noise`` minimising ``Σ_i ‖data_i − noise_π(i)‖²``."""
 
     def __call__(self, data, noise, generator=None):
-        cost = _plan_cost(data, noise)
-        cols = assignment(cost.cpu().numpy())
+        cost = _plan_cost(data, noise).cpu().numpy()
+        if not np.isfinite(cost).all():
+            _refuse_non_finite(data, noise)
+        cols = assignment(cost)
         return noise[torch.as_tensor(cols, device=noise.device)]
 
 
@@ -92,7 +101,7 @@ class SinkhornCoupling(Coupling):
         reg: entropic regularisation, relative to the mean pairwise cost (smaller is closer to exact OT).
         max_iter: iteration cap.
         tol: stop when the row marginals are off by less than this, relative (checked every 10
-            iterations; the column marginals are exact after each iteration).
+            iterations and at the last; the column marginals are exact after each iteration).
     """
 
     def __init__(self, reg: float = 0.05, max_iter: int = 200, tol: float = 1e-3):
@@ -120,8 +129,12 @@ class SinkhornCoupling(Coupling):
         for i in range(self.max_iter):
             a = torch.mv(kernel, b).reciprocal_()
             b = torch.mv(kernel_t, a).reciprocal_()
-            if (i + 1) % 10 == 0 and float((torch.mv(kernel, b).mul_(a).sub_(1)).abs().max()) < self.tol:
-                break
+            if (i + 1) % 10 == 0 or i + 1 == self.max_iter:
+                err = float((torch.mv(kernel, b).mul_(a).sub_(1)).abs().max())
+                if not math.isfinite(err):  # NaN/Inf points: caught at the first convergence check
+                    _refuse_non_finite(data, noise)
+                if err < self.tol:
+                    break
         return kernel.mul_(a[:, None]).mul_(b[None, :])
 
     def plan(self, data: Tensor, noise: Tensor) -> Tensor:

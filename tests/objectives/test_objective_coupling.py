@@ -97,7 +97,8 @@ def test_independent_and_lookup():
         SinkhornCoupling(max_iter=0)
 
 
-@pytest.mark.parametrize("coupling", [ExactOTCoupling(), SinkhornCoupling()], ids=["exact", "sinkhorn"])
+@pytest.mark.parametrize("coupling", [ExactOTCoupling(), SinkhornCoupling(), SinkhornCoupling(max_iter=3)],
+                         ids=["exact", "sinkhorn", "sinkhorn_3_iterations"])
 def test_couplings_refuse_non_finite_points_naming_them(coupling):
     data, noise = torch.randn(80, 2), torch.randn(80, 2)
     bad = data.clone()
