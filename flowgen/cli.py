@@ -77,13 +77,13 @@ def _lightning_cli_class():
     from lightning.pytorch.cli import LightningCLI
     from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 
-    from .lightning.callbacks import SamplePlotCallback
+    from .lightning.callbacks import SamplePlotCallback, TrainingClock
     from .lightning.checkpoint_io import SafeCheckpointIO
     from .lightning.trainer import default_loggers
 
     class FlowgenCLI(LightningCLI):
         """LightningCLI with flowgen's defaults: step checkpoints in ``<root>/checkpoints`` with ``last.ckpt``,
-        :class:`SafeCheckpointIO`, CSV logs, a light progress bar and sample figures."""
+        :class:`SafeCheckpointIO`, CSV logs, a light progress bar, sample figures and a training clock."""
 
         def add_arguments_to_parser(self, parser) -> None:
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -119,6 +119,8 @@ def _lightning_cli_class():
                 extra.append(TQDMProgressBar(refresh_rate=20))
             if not any(isinstance(c, SamplePlotCallback) for c in callbacks):
                 extra.append(SamplePlotCallback())
+            if not any(isinstance(c, TrainingClock) for c in callbacks):
+                extra.append(TrainingClock())
             if extra:
                 kwargs["callbacks"] = callbacks + extra
             return super().instantiate_trainer(**kwargs)

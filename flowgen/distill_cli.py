@@ -616,8 +616,21 @@ def _write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
+def _fit_seconds(cli, fallback: float) -> float:
+    """Training seconds from the run's :class:`~flowgen.lightning.TrainingClock` (resumed runs included)."""
+    from .lightning.callbacks import TrainingClock
+
+    clocks = [c for c in cli.trainer.callbacks if isinstance(c, TrainingClock)]
+    return clocks[0].seconds if clocks else fallback
+
+
 def train_teacher(recipe: str, root: str, *, seed: int, args: list[str]) -> tuple[str, float]:
-    """``flowgen fit`` a teacher recipe into ``root`` (resuming or reusing a finished run); returns ``(last.ckpt, seconds)``."""
+    """``flowgen fit`` a teacher recipe into ``root`` (resuming or reusing a finished run).
+
+    Returns:
+        ``(last.ckpt, seconds)``: the seconds are the run's training clock, which a resumed run
+        continues from its checkpoint (the time of the kept work, over all sessions).
+    """
     from .cli import run_lightning_cli
 
     last = os.path.join(root, "checkpoints", "last.ckpt")
@@ -627,9 +640,9 @@ def train_teacher(recipe: str, root: str, *, seed: int, args: list[str]) -> tupl
             return last, float(json.load(fh).get("seconds", float("nan")))
     extra = ["--ckpt_path", last] if os.path.isfile(last) else []
     t0 = time.perf_counter()
-    run_lightning_cli(["fit", "--config", recipe, "--trainer.default_root_dir", root, "--seed_everything", str(seed),
-                       "--trainer.enable_progress_bar", "false", *args, *extra])
-    sec = time.perf_counter() - t0
+    cli = run_lightning_cli(["fit", "--config", recipe, "--trainer.default_root_dir", root, "--seed_everything", str(seed),
+                             "--trainer.enable_progress_bar", "false", *args, *extra])
+    sec = _fit_seconds(cli, time.perf_counter() - t0)
     _write_json(marker, {"seconds": sec, "recipe": recipe, "args": args})
     return last, sec
 
@@ -638,7 +651,8 @@ def distill_student(recipe: str, root: str, *, teacher: str, seed: int, args: li
     """Run a distillation recipe into ``root`` (resuming or reusing a finished run).
 
     Returns:
-        ``({snapshot name: file}, seconds)`` — the exported per-phase students plus ``"last"``.
+        ``({snapshot name: file}, seconds)`` — the exported per-phase students plus ``"last"``, and the
+        run's training clock (resumed runs included, as :func:`train_teacher`).
     """
     last = os.path.join(root, "checkpoints", "last.ckpt")
     marker = _done_marker(root)
@@ -650,7 +664,7 @@ def distill_student(recipe: str, root: str, *, teacher: str, seed: int, args: li
     t0 = time.perf_counter()
     cli = run_distill(["--config", recipe, "--teacher", teacher, "--trainer.default_root_dir", root,
                        "--seed_everything", str(seed), "--trainer.enable_progress_bar", "false", *args, *extra])
-    sec = time.perf_counter() - t0
+    sec = _fit_seconds(cli, time.perf_counter() - t0)
     students = {os.path.splitext(os.path.basename(f))[0]: f for f in cli.model.exported}
     students["last"] = last
     _write_json(marker, {"seconds": sec, "recipe": recipe, "args": args, "students": students,

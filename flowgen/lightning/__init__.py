@@ -6,10 +6,10 @@
 * :class:`SafeCheckpointIO` — atomic writes, ``weights_only`` loads.
 * :func:`make_trainer` — a Trainer with flowgen's defaults (safe checkpoint IO, step-based
   checkpoints with ``last.ckpt``, CSV logs, light progress bar).
-* Callbacks: :class:`SamplePlotCallback`.
+* Callbacks: :class:`SamplePlotCallback`, :class:`TrainingClock` (training wall time across resumes).
 """
 
-from .callbacks import SamplePlotCallback
+from .callbacks import SamplePlotCallback, TrainingClock
 from .checkpoint_io import SafeCheckpointIO
 from .data import (
     BatchRequest,
@@ -33,6 +33,7 @@ __all__ = [
     "BatchRequest",
     "SafeCheckpointIO",
     "SamplePlotCallback",
+    "TrainingClock",
     "make_trainer",
     "default_callbacks",
 ]

@@ -1,13 +1,14 @@
-"""Callbacks: sample figures at validation time."""
+"""Callbacks: sample figures at validation time, and a training clock that survives resumes."""
 
 from __future__ import annotations
 
 import os
+import time
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_only
 
-__all__ = ["SamplePlotCallback", "save_samples_figure"]
+__all__ = ["SamplePlotCallback", "TrainingClock", "save_samples_figure"]
 
 
 def save_samples_figure(path, samples, reference=None, *, title: str = "SAMPLES") -> str | None:
@@ -61,3 +62,38 @@ class SamplePlotCallback(pl.Callback):
         out = save_samples_figure(path, pl_module.last_samples.cpu(), getattr(pl_module, "last_reference", None))
         if out:
             self.written.append(out)
+
+
+class TrainingClock(pl.Callback):
+    """Wall-clock seconds spent in ``fit``, carried across resumes in the checkpoint.
+
+    Each checkpoint stores the seconds spent up to its save (this callback's state), and a resumed
+    run starts counting from that figure, so :attr:`seconds` is the time of the work that was kept:
+    the time between the last checkpoint and an interruption, redone after the resume, counts once.
+    The ``flowgen`` CLI adds one to every run.
+    """
+
+    def __init__(self):
+        self.previous = 0.0  # seconds restored from the checkpoint a run resumed from
+        self._start: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        """Seconds of ``fit`` so far, including those of the runs this one resumed."""
+        running = time.perf_counter() - self._start if self._start is not None else 0.0
+        return self.previous + running
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.previous, self._start = self.seconds, None
+
+    def state_dict(self) -> dict:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        seconds = state_dict.get("seconds")
+        if not isinstance(seconds, (int, float)) or not seconds >= 0:
+            raise ValueError(f"TrainingClock state must hold non-negative 'seconds', got {seconds!r}")
+        self.previous = float(seconds)

@@ -8,7 +8,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
-from .callbacks import SamplePlotCallback
+from .callbacks import SamplePlotCallback, TrainingClock
 from .checkpoint_io import SafeCheckpointIO
 
 __all__ = ["make_trainer", "default_callbacks", "default_loggers"]
@@ -31,11 +31,12 @@ def default_loggers(root_dir: str, name: str = "logs") -> list:
 def default_callbacks(root_dir: str, *, checkpoint_every: int = 500, progress_every: int = 20,
                       plot_samples: bool = True) -> list:
     """``ModelCheckpoint`` (every ``checkpoint_every`` steps into ``<root>/checkpoints``, with ``last.ckpt``),
-    a progress bar refreshed every ``progress_every`` steps, and sample figures at validation."""
+    a progress bar refreshed every ``progress_every`` steps, a :class:`TrainingClock` and sample figures at validation."""
     cbs = [
         ModelCheckpoint(dirpath=os.path.join(root_dir, "checkpoints"), filename="step={step}", save_last=True,
                         every_n_train_steps=checkpoint_every, save_top_k=1, auto_insert_metric_name=False),
         TQDMProgressBar(refresh_rate=progress_every),
+        TrainingClock(),
     ]
     if plot_samples:
         cbs.append(SamplePlotCallback())

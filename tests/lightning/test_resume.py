@@ -64,3 +64,48 @@ def test_resume_matches_uninterrupted_run(tmp_path, tiny_trainer, make_objective
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=lambda m, k=k: f"{k}: {m}")
     assert ref.trainer.global_step == resumed.trainer.global_step == n
+
+
+class Slow(pl.Callback):
+    """Make every training step take at least ``seconds`` of wall time."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        import time
+
+        time.sleep(self.seconds)
+
+
+def test_training_clock_counts_the_kept_work_across_a_resume(tmp_path, tiny_trainer):
+    from flowgen.lightning import TrainingClock
+
+    data = lambda: ToyDataModule("moons", batch_size=16, val_size=16)  # noqa: E731
+    first = tiny_trainer(6, root=tmp_path / "b", checkpoint_every=3, callbacks=[Crash(4), Slow(0.05)])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        first.fit(_module(rectified_flow()), data())
+    saved = safe_load(tmp_path / "b" / "checkpoints" / "last.ckpt")
+    assert saved["global_step"] == 3
+    state = next(v for k, v in saved["callbacks"].items() if "TrainingClock" in k)
+    assert state["seconds"] >= 3 * 0.05  # the three kept steps (the fourth, lost in the crash, is not counted)
+
+    resumed = tiny_trainer(6, root=tmp_path / "b", checkpoint_every=3, callbacks=[Slow(0.05)])
+    resumed.fit(_module(rectified_flow()), data(), ckpt_path=str(tmp_path / "b" / "checkpoints" / "last.ckpt"))
+    clock = next(c for c in resumed.callbacks if isinstance(c, TrainingClock))
+    assert clock.previous >= state["seconds"] + 3 * 0.05  # the resumed run's three steps on top of the saved time
+    assert clock.seconds == clock.previous  # stopped at the end of fit
+    final = safe_load(tmp_path / "b" / "checkpoints" / "last.ckpt")
+    last_state = next(v for k, v in final["callbacks"].items() if "TrainingClock" in k)
+    assert state["seconds"] < last_state["seconds"] <= clock.seconds
+
+
+def test_training_clock_refuses_a_bad_state():
+    from flowgen.lightning import TrainingClock
+
+    clock = TrainingClock()
+    for bad in ({}, {"seconds": -1.0}, {"seconds": float("nan")}, {"seconds": "3"}):
+        with pytest.raises(ValueError, match="seconds"):
+            clock.load_state_dict(bad)
+    clock.load_state_dict({"seconds": 2.5})
+    assert clock.seconds == 2.5 and clock.state_dict() == {"seconds": 2.5}
