@@ -22,7 +22,12 @@ Set-up, identical for both libraries unless stated:
   a permutation from scipy's linear assignment); torchcfm ``ConditionalFlowMatcher(sigma=0)`` /
   ``ExactOptimalTransportConditionalFlowMatcher(sigma=0)`` (POT's exact EMD, pairs drawn from the
   plan with replacement through numpy's global RNG, seeded ``seed``); loss: mean squared error;
-* optimiser: Adam, constant ``lr`` (default 1e-3), batch 256, the same number of steps;
+* optimiser: Adam, constant learning rate, batch 256, the same number of steps. Each library trains
+  at its own recipe's rate: flowgen at its teacher recipe's ``model.lr`` (``recipes/rf_<data>.yaml``,
+  ``recipes/ot_cfm_<data>.yaml``), torchcfm at 1e-3 (its 2-D examples use
+  ``torch.optim.Adam(model.parameters())``). A third contender, ``torchcfm_flowlr``, trains
+  torchcfm's objective with flowgen's rate and EMA, so the table separates the recipe from the
+  library;
 * EMA: flowgen's training layer keeps an EMA of the weights by default
   (:class:`flowgen.lightning.FlowModule`: ema-pytorch ``EMA(beta=0.999, update_after_step=100,
   update_every=1, power=0.75)``, read from FlowModule's signature here) and samples with it. The
@@ -69,6 +74,16 @@ BATCH = 256
 N_EVAL = 2000
 DATASETS = ("moons", "8gaussians", "checkerboard")
 TARGET = 0.9
+#: torchcfm's 2-D examples train with ``torch.optim.Adam(model.parameters())``: Adam's default lr.
+TORCHCFM_LR = 1e-3
+
+
+def recipe_lr(dataset: str, coupling: str) -> float:
+    """The learning rate of flowgen's teacher recipe for ``dataset`` (``recipes/rf_*`` or ``recipes/ot_cfm_*``)."""
+    import yaml
+
+    name = f"rf_{dataset}.yaml" if coupling == "independent" else f"ot_cfm_{dataset}.yaml"
+    return float(yaml.safe_load((ROOT / "recipes" / name).read_text())["model"]["lr"])
 
 
 def machine_info() -> dict:
@@ -222,11 +237,15 @@ def summarize(rows: dict, floors: dict) -> list[dict]:
             entry = {"dataset": dataset, "coupling": coupling, "floor_mean": fm, "floor_std": fs}
             for variant, w in r.items():
                 entry[variant + "_mean"], entry[variant + "_std"] = mean_std(w)
-            # ratio_X: X / torchcfm (online weights); ratio_ema_vs_ema: flowgen EMA / torchcfm with the same EMA
+            # ratio_X: X / torchcfm (online weights); ratio_ema_vs_ema: flowgen EMA / torchcfm with the same EMA;
+            # ratio_same_recipe: flowgen EMA / torchcfm trained with flowgen's lr and EMA (the library alone)
             for variant, ref_name, key in (("flowgen_ema", "torchcfm_noema", "ratio_flowgen_ema"),
                                            ("flowgen_noema", "torchcfm_noema", "ratio_flowgen_noema"),
                                            ("torchcfm_ema", "torchcfm_noema", "ratio_torchcfm_ema"),
-                                           ("flowgen_ema", "torchcfm_ema", "ratio_ema_vs_ema")):
+                                           ("flowgen_ema", "torchcfm_ema", "ratio_ema_vs_ema"),
+                                           ("flowgen_ema", "torchcfm_flowlr_ema", "ratio_same_recipe")):
+                if variant not in r or ref_name not in r:
+                    continue
                 entry[key] = entry[variant + "_mean"] / entry[ref_name + "_mean"]
                 per_seed = [a / b for a, b in zip(r[variant], r[ref_name])]
                 entry[key + "_per_seed_mean"], entry[key + "_per_seed_std"] = mean_std(per_seed)
@@ -252,6 +271,7 @@ def run(args) -> dict:
     train_cpu_s: dict = {}
     final_loss: dict = {}
     floors: dict = {d: [] for d in args.datasets}
+    lrs: dict = {}  # flowgen's learning rate per dataset and coupling
     for dataset in args.datasets:
         rows[dataset] = {c: {} for c in couplings}
         nfe[dataset] = {c: {} for c in couplings}
@@ -266,21 +286,30 @@ def run(args) -> dict:
             floors[dataset].append(wasserstein2(second, heldout))
             noise = torch.randn(N_EVAL, 2, generator=torch.Generator().manual_seed(20_000 + seed))
             for coupling in couplings:
-                for library in ("flowgen", "torchcfm"):
-                    out = train(library, coupling, dataset, seed, init_state, steps=args.steps, lr=args.lr, ema_cfg=ema_cfg)
+                flow_lr = args.flowgen_lr if args.flowgen_lr is not None else recipe_lr(dataset, coupling)
+                lrs.setdefault(dataset, {})[coupling] = flow_lr
+                # torchcfm_flowlr: torchcfm's objective trained with flowgen's recipe (its lr; the EMA rows)
+                contenders = [("flowgen", "flowgen", flow_lr), ("torchcfm", "torchcfm", args.torchcfm_lr)]
+                if flow_lr != args.torchcfm_lr:
+                    contenders.append(("torchcfm_flowlr", "torchcfm", flow_lr))
+                for name, library, lr in contenders:
+                    out = train(library, coupling, dataset, seed, init_state, steps=args.steps, lr=lr, ema_cfg=ema_cfg)
                     sampler = sample_flowgen if library == "flowgen" else sample_torchcfm
-                    for weights, variant in (("ema", library + "_ema"), ("online", library + "_noema")):
+                    for weights, variant in (("ema", name + "_ema"), ("online", name + "_noema")):
                         samples, n = sampler(out[weights], noise, args.tol)
                         w2 = wasserstein2(samples, heldout)
                         rows[dataset][coupling].setdefault(variant, []).append(w2)
                         nfe[dataset][coupling].setdefault(variant, []).append(n)
-                    train_s[dataset][coupling].setdefault(library, []).append(out["train_s"])
-                    train_cpu_s[dataset][coupling].setdefault(library, []).append(out["train_cpu_s"])
-                    final_loss[dataset][coupling].setdefault(library, []).append(out["final_loss"])
-                    print(f"[{time.perf_counter() - t_start:7.1f}s] {dataset:12s} seed {seed} {coupling:11s} {library:8s} "
-                          f"train {out['train_s']:6.1f}s  W2 ema {rows[dataset][coupling][library + '_ema'][-1]:.4f}  "
-                          f"online {rows[dataset][coupling][library + '_noema'][-1]:.4f}  floor {floors[dataset][-1]:.4f}",
+                    train_s[dataset][coupling].setdefault(name, []).append(out["train_s"])
+                    train_cpu_s[dataset][coupling].setdefault(name, []).append(out["train_cpu_s"])
+                    final_loss[dataset][coupling].setdefault(name, []).append(out["final_loss"])
+                    print(f"[{time.perf_counter() - t_start:7.1f}s] {dataset:12s} seed {seed} {coupling:11s} {name:15s} "
+                          f"lr {lr:g} train {out['train_s']:6.1f}s  W2 ema {rows[dataset][coupling][name + '_ema'][-1]:.4f}  "
+                          f"online {rows[dataset][coupling][name + '_noema'][-1]:.4f}  floor {floors[dataset][-1]:.4f}",
                           flush=True)
+                if len(contenders) == 2:  # same lr: torchcfm's run is also the one with flowgen's recipe
+                    for suffix in ("_ema", "_noema"):
+                        rows[dataset][coupling]["torchcfm_flowlr" + suffix] = rows[dataset][coupling]["torchcfm" + suffix]
 
     summary = summarize(rows, floors)
 
@@ -294,7 +323,9 @@ def run(args) -> dict:
         "process_cpu_s": time.process_time() - c_start,
         "config": {
             "datasets": list(args.datasets), "seeds": list(range(args.seeds)), "steps": args.steps, "batch": BATCH,
-            "optimizer": f"Adam(lr={args.lr}), constant lr, both libraries", "model": "flowgen.nn.MLP(2): 3x256 SiLU, "
+            "optimizer": f"Adam, constant lr: flowgen at its recipe's lr, torchcfm at {args.torchcfm_lr} "
+                         "(its 2-D examples: Adam's default), and torchcfm_flowlr at flowgen's lr",
+            "flowgen_lr": lrs, "torchcfm_lr": args.torchcfm_lr, "model": "flowgen.nn.MLP(2): 3x256 SiLU, "
             "sinusoidal time embedding (64, scale 1000); same initial weights per seed (torch.manual_seed(1000 + seed))",
             "flowgen": {"independent": "flowgen.objectives.rectified_flow() (uniform time, uniform weighting, L2)",
                         "ot": "flowgen.objectives.flow_matching(coupling='ot') (exact minibatch OT permutation, "
@@ -340,31 +371,42 @@ def markdown(res: dict) -> str:
         f"{N_EVAL} held-out points. flowgen = EMA weights (FlowModule's default EMA: "
         f"beta={c['flowgen']['ema']['beta']}, warm-up {c['flowgen']['ema']['update_after_step']} steps, "
         f"power {c['flowgen']['ema']['power']}); flowgen no-EMA = online weights of the same run; "
-        f"torchcfm = its online weights (torchcfm keeps no EMA); torchcfm + EMA = the same EMA on torchcfm's run."),
+        f"torchcfm = its online weights (torchcfm keeps no EMA); torchcfm + EMA = the same EMA on torchcfm's run; "
+        f"torchcfm, flowgen's recipe = torchcfm's objective trained at flowgen's lr, EMA weights."),
         "",
         ("| dataset | coupling | floor | torchcfm | flowgen (EMA) | flowgen no-EMA | torchcfm + EMA | "
-        "flowgen / torchcfm | per-seed | met (≤ 0.9) | no-EMA / torchcfm | flowgen / (torchcfm + EMA) |"),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "torchcfm, flowgen's recipe | flowgen / torchcfm | per-seed | met (≤ 0.9) | no-EMA / torchcfm | "
+        "flowgen / (torchcfm + EMA) | flowgen / (torchcfm, flowgen's recipe) |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if "flowgen_lr" in c:
+        rates = sorted({lr for per in c["flowgen_lr"].values() for lr in per.values()})
+        flow = f"{rates[0]:g} in every cell" if len(rates) == 1 else str(c["flowgen_lr"])
+        lines.insert(4, f"Learning rates: flowgen {flow} (its teacher recipes), torchcfm {c['torchcfm_lr']:g}.")
+        lines.insert(5, "")
     for e in res["summary"]:
         coupling = "independent (RF vs CFM)" if e["coupling"] == "independent" else "exact OT (vs OT-CFM)"
+        same = (fmt(e["torchcfm_flowlr_ema_mean"], e["torchcfm_flowlr_ema_std"]), f"{e['ratio_same_recipe']:.3f}") \
+            if "ratio_same_recipe" in e else ("–", "–")
         lines.append(
             f"| {e['dataset']} | {coupling} | {fmt(e['floor_mean'], e['floor_std'])} | "
             f"{fmt(e['torchcfm_noema_mean'], e['torchcfm_noema_std'])} | {fmt(e['flowgen_ema_mean'], e['flowgen_ema_std'])} | "
             f"{fmt(e['flowgen_noema_mean'], e['flowgen_noema_std'])} | {fmt(e['torchcfm_ema_mean'], e['torchcfm_ema_std'])} | "
+            f"{same[0]} | "
             f"**{e['ratio_flowgen_ema']:.3f}** | "
             f"{e['ratio_flowgen_ema_per_seed_mean']:.3f} ± {e['ratio_flowgen_ema_per_seed_std']:.3f} | "
-            f"{'yes' if e['met'] else 'no'} | {e['ratio_flowgen_noema']:.3f} | {e['ratio_ema_vs_ema']:.3f} |"
+            f"{'yes' if e['met'] else 'no'} | {e['ratio_flowgen_noema']:.3f} | {e['ratio_ema_vs_ema']:.3f} | {same[1]} |"
         )
     met = sum(e["met"] for e in res["summary"])
     lines += ["", ("W2 as mean ± std over seeds. Ratios are ratios of means; 'per-seed' is the mean ± std of the "
-                  "paired per-seed ratios flowgen (EMA) / torchcfm. The last two columns separate the library from the "
-                  "EMA: flowgen's online weights against torchcfm's, and flowgen's EMA against the same EMA on "
-                  "torchcfm's run."), "",
+                  "paired per-seed ratios flowgen (EMA) / torchcfm. The last three columns separate the library from the "
+                  "recipe: flowgen's online weights against torchcfm's, flowgen's EMA against the same EMA on "
+                  "torchcfm's run, and flowgen against torchcfm trained with flowgen's whole recipe (lr and EMA)."), "",
               (f"Target (flowgen / torchcfm ≤ {TARGET}): met in {met} of {len(res['summary'])} dataset × coupling "
               f"cells with flowgen's default EMA; in {sum(e['ratio_flowgen_noema'] <= TARGET for e in res['summary'])} "
               f"without it; flowgen / (torchcfm + EMA) ≤ {TARGET} in "
-              f"{sum(e['ratio_ema_vs_ema'] <= TARGET for e in res['summary'])}."), ""]
+              f"{sum(e['ratio_ema_vs_ema'] <= TARGET for e in res['summary'])}; flowgen / (torchcfm, flowgen's recipe) "
+              f"≤ {TARGET} in {sum(e.get('ratio_same_recipe', 9) <= TARGET for e in res['summary'])}."), ""]
     nfe = res["per_seed"]["nfe"]
     parts = []
     for d in nfe:
@@ -393,7 +435,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--flowgen-lr", type=float, default=None,
+                        help="flowgen's learning rate (default: its teacher recipe's, recipes/rf_* and recipes/ot_cfm_*)")
+    parser.add_argument("--torchcfm-lr", type=float, default=TORCHCFM_LR,
+                        help="torchcfm's learning rate (default 1e-3: its examples use Adam's default)")
     parser.add_argument("--tol", type=float, default=1e-5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is faster for this MLP on shared cores)")
     parser.add_argument("--out", default=str(RESULTS / "teacher_quality"), help="output path without extension")
