@@ -902,6 +902,9 @@ class ConsistencyModule(DistillModule):
             (Sec. 6) pick their multistep times by such a greedy search.
         tune_num, tune_candidates, tune_reference_steps: samples, candidate times and the teacher's
             Heun steps of the search.
+        tune_repeats: independent draws (student noise and teacher reference) each candidate is scored
+            on; the search minimises the mean. One draw's distance is noisy enough at 2000 samples that
+            the best of 24 candidates is often a lucky one, not a good one.
         total_steps: the run's optimizer steps (the single phase's length; default ``trainer.max_steps``).
         **kwargs: the shared arguments of :class:`DistillModule`.
 
@@ -919,7 +922,7 @@ class ConsistencyModule(DistillModule):
                  index_distribution: str | None = None, p_mean: float = -1.1, p_std: float = 2.0,
                  sigma_data: float = 0.5, max_sample_steps: int = 4, sample_times: dict | None = None,
                  tune_sample_times: bool = False, tune_num: int = 2000, tune_candidates: int = 24,
-                 tune_reference_steps: int = 32,
+                 tune_reference_steps: int = 32, tune_repeats: int = 1,
                  total_steps: int | None = None, init_from_teacher: bool = False, **kwargs):
         if mode not in ("distillation", "training"):
             raise ValueError(f"mode must be 'distillation' or 'training', got {mode!r}")
@@ -961,6 +964,7 @@ class ConsistencyModule(DistillModule):
         self.tune_num = _check_pos_int(tune_num, "tune_num", low=16)
         self.tune_candidates = _check_pos_int(tune_candidates, "tune_candidates", low=3)
         self.tune_reference_steps = _check_pos_int(tune_reference_steps, "tune_reference_steps")
+        self.tune_repeats = _check_pos_int(tune_repeats, "tune_repeats")
         self._recent: list[Tensor] = []
         self.distiller = self._make_distiller(self.total_steps_arg or 1000)
         self.student = self.distiller.consistency_function(self._take_student())
@@ -1044,22 +1048,25 @@ class ConsistencyModule(DistillModule):
         from ..distill import ConsistencyGenerator
         from ..samplers import sample
 
+        if reference is None and self.mode != "distillation" and not self._recent:
+            return self.sample_times or {}
         was = self.student.training
         self.student.eval()
         g = torch.Generator().manual_seed(self.val_seed + 12345)
         shape = tuple(self.data_shape)
-        noise = torch.randn((self.tune_num, *shape), generator=g).to(self.device)
-        if reference is None:
-            if self.mode == "distillation":
+        draws = []  # (student noise, reference) per repeat
+        for _ in range(self.tune_repeats):
+            noise = torch.randn((self.tune_num, *shape), generator=g).to(self.device)
+            ref = reference
+            if ref is None and self.mode == "distillation":
                 # the teacher's samples from *independent* noise: with the student's own noise the 1-step map
                 # is pathwise close to them and any re-noising looks worse, whatever the distributions
                 ref_noise = torch.randn((self.tune_num, *shape), generator=g).to(self.device)
-                reference = sample(self.teacher, self.teacher_flow_path, ref_noise, prediction=self.teacher_pred,
-                                   method="heun", steps=self.tune_reference_steps).samples
-            else:
-                if not self._recent:
-                    return self.sample_times or {}
-                reference = torch.cat(self._recent)[-self.tune_num:]
+                ref = sample(self.teacher, self.teacher_flow_path, ref_noise, prediction=self.teacher_pred,
+                             method="heun", steps=self.tune_reference_steps).samples
+            elif ref is None:  # consistency training: the recent training batches (the same set every repeat)
+                ref = torch.cat(self._recent)[-self.tune_num:]
+            draws.append((noise, ref))
         d = self.distiller
         cand = self._tune_candidates_from_grid()
         metric = _distance_fn(shape)
@@ -1072,8 +1079,11 @@ class ConsistencyModule(DistillModule):
                 trial = best + [tau]
                 gen = ConsistencyGenerator(self.student, self.flow_path, t_min=d.t_min, t_max=d.t_max,
                                            step_times={k: trial}, rho=d.rho, sigma_data=d.sigma_data)
-                x = gen.sample(noise, steps=k, generator=torch.Generator().manual_seed(self.val_seed + k))
-                results.append((metric(x, reference), tau))
+                score = 0.0
+                for r, (noise, ref) in enumerate(draws):  # the same draws for every candidate
+                    x = gen.sample(noise, steps=k, generator=torch.Generator().manual_seed(self.val_seed + k + 1000 * r))
+                    score += metric(x, ref) / len(draws)
+                results.append((score, tau))
             if not results:
                 break
             score, tau = min(results)

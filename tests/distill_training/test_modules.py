@@ -262,6 +262,42 @@ def test_multistep_candidates_are_training_grid_times_thinned_evenly(rf_teacher)
         consistency_grid(6, d.path, t_min=d.t_min, t_max=d.t_max, rho=d.rho)[1:-1].tolist()
 
 
+def test_consistency_time_search_scores_the_mean_over_independent_draws(rf_teacher):
+    from flowgen.distill import ConsistencyGenerator, consistency_grid
+    from flowgen.metrics.distances import w2_squared
+    from flowgen.samplers import sample
+
+    with pytest.raises(ValueError, match="tune_repeats"):
+        ConsistencyModule(rf_teacher, num_scales=6, sigma_data=1.0, tune_repeats=0)
+    pl.seed_everything(0, verbose=False)
+    m = ConsistencyModule(rf_teacher, num_scales=6, sigma_data=1.0, tune_num=64, tune_candidates=5, max_sample_steps=2,
+                          tune_repeats=3)
+    m.data_shape = (2,)
+    times, d = m.tune_times(), m.distiller
+    g = torch.Generator().manual_seed(m.val_seed + 12345)
+    draws = []
+    for _ in range(3):  # per repeat: the student's noise, then the teacher reference's independent noise
+        noise = torch.randn((64, 2), generator=g)
+        ref_noise = torch.randn((64, 2), generator=g)
+        draws.append((noise, sample(m.teacher, m.teacher_flow_path, ref_noise, prediction=m.teacher_pred, method="heun",
+                                    steps=32).samples))
+    cands = consistency_grid(6, d.path, t_min=d.t_min, t_max=d.t_max, rho=d.rho)[1:-1].tolist()
+    scores, first = {}, {}
+    for tau in cands:
+        gen = ConsistencyGenerator(m.student, d.path, t_min=d.t_min, t_max=d.t_max, step_times={2: [d.t_max, tau]},
+                                   sigma_data=d.sigma_data)
+        per = [w2_squared(gen.sample(n, steps=2, generator=torch.Generator().manual_seed(m.val_seed + 2 + 1000 * r)).double(),
+                          ref.double()) for r, (n, ref) in enumerate(draws)]
+        scores[tau], first[tau] = sum(per) / 3, per[0]
+    assert times[2] == [d.t_max, min(scores, key=scores.get)]
+    assert m.tuned_scores[2] == pytest.approx(min(scores.values()), rel=1e-6)
+    # one draw alone is the old search: its own argmin
+    m1 = ConsistencyModule(rf_teacher, num_scales=6, sigma_data=1.0, tune_num=64, tune_candidates=5, max_sample_steps=2)
+    m1.student.load_state_dict(m.student.state_dict())
+    m1.data_shape = (2,)
+    assert m1.tune_times()[2] == [d.t_max, min(first, key=first.get)]
+
+
 def test_consistency_multistep_times_are_chosen_greedily_and_stored(rf_teacher, tmp_path, trainer_factory):
     from flowgen.distill import ConsistencyGenerator
     from flowgen.metrics.distances import w2_squared
