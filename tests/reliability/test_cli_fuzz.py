@@ -125,8 +125,9 @@ def _write_config(tmp: Path, text: str) -> Path:
 
 
 def _config_corruption(recipe: str, corruption: str, marker: Path) -> tuple[str, tuple[str, ...]]:
-    lr = "  lr: 0.001"
-    assert lr in recipe
+    found = re.search(r"^  lr: .*$", recipe, flags=re.MULTILINE)  # the module's lr line, whatever its value
+    assert found, "the recipe has no model-level lr line to corrupt"
+    lr = found.group(0)
     if corruption == "unknown_top_key":
         return recipe + "bogus_section: 1\n", ("bogus_section",)
     if corruption == "unknown_model_key":
