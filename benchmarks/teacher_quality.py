@@ -19,7 +19,7 @@ Set-up, identical for both libraries unless stated:
   ``x0 = noise``, ``x1 = data`` and ``t = 1 − u`` (its t = 0 is noise), so with the independent
   coupling both libraries see the same ``x_t`` and targets of opposite sign;
 * objectives: flowgen ``rectified_flow()`` / ``flow_matching(coupling="ot")`` (exact minibatch OT,
-  a permutation from scipy's linear assignment); torchcfm ``ConditionalFlowMatcher(sigma=0)`` /
+  a permutation from POT's network simplex, ``flowgen._ot.assignment``); torchcfm ``ConditionalFlowMatcher(sigma=0)`` /
   ``ExactOptimalTransportConditionalFlowMatcher(sigma=0)`` (POT's exact EMD, pairs drawn from the
   plan with replacement through numpy's global RNG, seeded ``seed``); loss: mean squared error;
 * optimiser: Adam, constant learning rate, batch 256, the same number of steps. Each library trains

@@ -187,6 +187,13 @@ def test_tiny_end_to_end_report(tmp_path):
     assert "R_k" in md and "quality_vs_nfe.png" in md
     assert read_png(out / "figures" / "quality_vs_nfe.png").shape[2] == 3
     assert read_png(out / "figures" / "samples.png").shape[2] == 3
+    # each stage's time is its training clock, which the checkpoints carry (a resumed stage keeps counting)
+    from flowgen.checkpoint import safe_load
+
+    for stage in ("teacher", "progressive", "consistency_distillation", "reflow"):
+        done = json.loads((out / stage / "DONE.json").read_text())
+        saved = safe_load(out / stage / "checkpoints" / "last.ckpt")["callbacks"]["TrainingClock"]["seconds"]
+        assert 0 < saved <= done["seconds"], stage
     # a second run reuses every finished stage
     before = {p: os.path.getmtime(p) for p in glob.glob(str(out / "*" / "checkpoints" / "last.ckpt"))}
     os.chdir(os.path.join(RECIPES, ".."))
@@ -195,3 +202,24 @@ def test_tiny_end_to_end_report(tmp_path):
     finally:
         os.chdir(cwd)
     assert before == {p: os.path.getmtime(p) for p in before}
+
+
+def test_a_resumed_stage_reports_the_time_of_earlier_sessions_too(tmp_path):
+    """train_teacher's seconds are the run's training clock, which resumes from the checkpoint."""
+    from flowgen.checkpoint import safe_load
+    from flowgen.distill_cli import train_teacher
+
+    recipe = os.path.join(RECIPES, "rf_moons.yaml")
+    root = tmp_path / "teacher"
+    args = ["--trainer.logger", "false", "--trainer.limit_val_batches", "0", "--checkpoint.every_n_train_steps", "2",
+            "--data.init_args.batch_size", "16", "--model.model.init_args.hidden", "16"]
+    last, first = train_teacher(recipe, str(root), seed=0, args=args + ["--trainer.max_steps", "4"])
+    assert 0 < first < 60
+    # pretend the first session trained for 1000 s, then lost its finished-marker (interrupted before writing it)
+    ckpt = safe_load(last)
+    ckpt["callbacks"]["TrainingClock"]["seconds"] = 1000.0
+    torch.save(ckpt, last)
+    os.remove(root / "DONE.json")
+    _, total = train_teacher(recipe, str(root), seed=0, args=args + ["--trainer.max_steps", "8"])
+    assert safe_load(last)["global_step"] == 8  # resumed, not restarted
+    assert 1000.0 < total < 1060.0
