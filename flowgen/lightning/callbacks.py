@@ -94,6 +94,6 @@ class TrainingClock(pl.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         seconds = state_dict.get("seconds")
-        if not isinstance(seconds, (int, float)) or not seconds >= 0:
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
             raise ValueError(f"TrainingClock state must hold non-negative 'seconds', got {seconds!r}")
         self.previous = float(seconds)

@@ -104,7 +104,7 @@ def test_training_clock_refuses_a_bad_state():
     from flowgen.lightning import TrainingClock
 
     clock = TrainingClock()
-    for bad in ({}, {"seconds": -1.0}, {"seconds": float("nan")}, {"seconds": "3"}):
+    for bad in ({}, {"seconds": -1.0}, {"seconds": float("nan")}, {"seconds": "3"}, {"seconds": True}):
         with pytest.raises(ValueError, match="seconds"):
             clock.load_state_dict(bad)
     clock.load_state_dict({"seconds": 2.5})
