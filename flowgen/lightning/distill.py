@@ -896,12 +896,16 @@ class ConsistencyModule(DistillModule):
             2 steps, then ``τ_2`` for 3 …, each among the final training grid's interior times, thinned
             evenly to at most ``tune_candidates``),
             minimising the squared W2 (Fréchet distance for 8×8 digits) between ``tune_num`` samples
-            and a reference: the teacher's samples (Heun, ``tune_reference_steps`` steps, from noise
+            and a reference: the teacher's samples (``tune_reference_method``, from noise
             independent of the student's) for distillation (the distillation target, never held-out data), recent training batches for
             consistency training. Song et al. 2023
             (Sec. 6) pick their multistep times by such a greedy search.
         tune_num, tune_candidates, tune_reference_steps: samples, candidate times and the teacher's
             Heun steps of the search.
+        tune_reference_method: the teacher's sampler for the search's reference: ``"heun"`` (with
+            ``tune_reference_steps``) or an adaptive method such as ``"dopri5"`` (its error control
+            decides the steps). A fixed-step reference can be measurably off the teacher's ODE
+            solution that the student is distilled from.
         tune_repeats: independent draws (student noise and teacher reference) each candidate is scored
             on; the search minimises the mean, which is less noisy than one draw's distance. On the
             quick toy teachers 4 draws changed consistency R_2 by less than the seeds' spread, so the
@@ -923,7 +927,7 @@ class ConsistencyModule(DistillModule):
                  index_distribution: str | None = None, p_mean: float = -1.1, p_std: float = 2.0,
                  sigma_data: float = 0.5, max_sample_steps: int = 4, sample_times: dict | None = None,
                  tune_sample_times: bool = False, tune_num: int = 2000, tune_candidates: int = 24,
-                 tune_reference_steps: int = 32, tune_repeats: int = 1,
+                 tune_reference_steps: int = 32, tune_reference_method: str = "heun", tune_repeats: int = 1,
                  total_steps: int | None = None, init_from_teacher: bool = False, **kwargs):
         if mode not in ("distillation", "training"):
             raise ValueError(f"mode must be 'distillation' or 'training', got {mode!r}")
@@ -966,6 +970,14 @@ class ConsistencyModule(DistillModule):
         self.tune_candidates = _check_pos_int(tune_candidates, "tune_candidates", low=3)
         self.tune_reference_steps = _check_pos_int(tune_reference_steps, "tune_reference_steps")
         self.tune_repeats = _check_pos_int(tune_repeats, "tune_repeats")
+        from ..samplers import METHODS, Method
+
+        try:
+            self.tune_reference_adaptive = METHODS[Method.parse(tune_reference_method)].adaptive
+        except (ValueError, KeyError):
+            raise ValueError(f"tune_reference_method must be a flowgen sampler method (e.g. 'heun', 'dopri5'), "
+                             f"got {tune_reference_method!r}") from None
+        self.tune_reference_method = tune_reference_method
         self._recent: list[Tensor] = []
         self.distiller = self._make_distiller(self.total_steps_arg or 1000)
         self.student = self.distiller.consistency_function(self._take_student())
@@ -1063,8 +1075,9 @@ class ConsistencyModule(DistillModule):
                 # the teacher's samples from *independent* noise: with the student's own noise the 1-step map
                 # is pathwise close to them and any re-noising looks worse, whatever the distributions
                 ref_noise = torch.randn((self.tune_num, *shape), generator=g).to(self.device)
+                steps = None if self.tune_reference_adaptive else self.tune_reference_steps
                 ref = sample(self.teacher, self.teacher_flow_path, ref_noise, prediction=self.teacher_pred,
-                             method="heun", steps=self.tune_reference_steps).samples
+                             method=self.tune_reference_method, steps=steps).samples
             elif ref is None:  # consistency training: the recent training batches (the same set every repeat)
                 ref = torch.cat(self._recent)[-self.tune_num:]
             draws.append((noise, ref))

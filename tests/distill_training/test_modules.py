@@ -298,6 +298,33 @@ def test_consistency_time_search_scores_the_mean_over_independent_draws(rf_teach
     assert m1.tune_times()[2] == [d.t_max, min(first, key=first.get)]
 
 
+def test_consistency_time_search_reference_can_be_the_teachers_adaptive_solve(rf_teacher):
+    from flowgen.samplers import sample
+
+    with pytest.raises(ValueError, match="tune_reference_method"):
+        ConsistencyModule(rf_teacher, num_scales=6, sigma_data=1.0, tune_reference_method="bogus")
+    seen = []
+
+    def spy(model, path, noise, **kw):
+        seen.append((kw["method"], kw.get("steps")))
+        return sample(model, path, noise, **kw)
+
+    import flowgen.samplers as samplers
+
+    for method, steps in (("dopri5", None), ("heun", 32)):
+        m = ConsistencyModule(rf_teacher, num_scales=6, sigma_data=1.0, tune_num=32, tune_candidates=3, max_sample_steps=2,
+                              tune_reference_method=method)
+        m.data_shape = (2,)
+        seen.clear()
+        original = samplers.sample
+        samplers.sample = spy
+        try:
+            m.tune_times()
+        finally:
+            samplers.sample = original
+        assert seen == [(method, steps)]
+
+
 def test_consistency_multistep_times_are_chosen_greedily_and_stored(rf_teacher, tmp_path, trainer_factory):
     from flowgen.distill import ConsistencyGenerator
     from flowgen.metrics.distances import w2_squared
