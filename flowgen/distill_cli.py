@@ -616,12 +616,11 @@ def _write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
-def _fit_seconds(cli, fallback: float) -> float:
-    """Training seconds from the run's :class:`~flowgen.lightning.TrainingClock` (resumed runs included)."""
+def _fit_seconds(cli) -> float:
+    """Training seconds from the run's :class:`~flowgen.lightning.TrainingClock` (the CLI always adds one)."""
     from .lightning.callbacks import TrainingClock
 
-    clocks = [c for c in cli.trainer.callbacks if isinstance(c, TrainingClock)]
-    return clocks[0].seconds if clocks else fallback
+    return next(c for c in cli.trainer.callbacks if isinstance(c, TrainingClock)).seconds
 
 
 def train_teacher(recipe: str, root: str, *, seed: int, args: list[str]) -> tuple[str, float]:
@@ -639,10 +638,9 @@ def train_teacher(recipe: str, root: str, *, seed: int, args: list[str]) -> tupl
         with open(marker) as fh:
             return last, float(json.load(fh).get("seconds", float("nan")))
     extra = ["--ckpt_path", last] if os.path.isfile(last) else []
-    t0 = time.perf_counter()
     cli = run_lightning_cli(["fit", "--config", recipe, "--trainer.default_root_dir", root, "--seed_everything", str(seed),
                              "--trainer.enable_progress_bar", "false", *args, *extra])
-    sec = _fit_seconds(cli, time.perf_counter() - t0)
+    sec = _fit_seconds(cli)
     _write_json(marker, {"seconds": sec, "recipe": recipe, "args": args})
     return last, sec
 
@@ -661,10 +659,9 @@ def distill_student(recipe: str, root: str, *, teacher: str, seed: int, args: li
             info = json.load(fh)
         return dict(info["students"]), float(info["seconds"])
     extra = ["--ckpt_path", last] if os.path.isfile(last) else []
-    t0 = time.perf_counter()
     cli = run_distill(["--config", recipe, "--teacher", teacher, "--trainer.default_root_dir", root,
                        "--seed_everything", str(seed), "--trainer.enable_progress_bar", "false", *args, *extra])
-    sec = _fit_seconds(cli, time.perf_counter() - t0)
+    sec = _fit_seconds(cli)
     students = {os.path.splitext(os.path.basename(f))[0]: f for f in cli.model.exported}
     students["last"] = last
     _write_json(marker, {"seconds": sec, "recipe": recipe, "args": args, "students": students,

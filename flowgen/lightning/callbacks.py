@@ -70,7 +70,7 @@ class TrainingClock(pl.Callback):
     Each checkpoint stores the seconds spent up to its save (this callback's state), and a resumed
     run starts counting from that figure, so :attr:`seconds` is the time of the work that was kept:
     the time between the last checkpoint and an interruption, redone after the resume, counts once.
-    The ``flowgen`` CLI adds one to every run.
+    The ``flowgen`` CLI and :func:`~flowgen.lightning.make_trainer` add one to every run.
     """
 
     def __init__(self):

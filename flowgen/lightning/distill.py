@@ -71,7 +71,7 @@ from ..checkpoint import (
 from ..parameterization import Prediction
 from ..paths import path_from_config, path_to_config
 from ..paths.base import Path
-from .module import LightHookNames
+from .module import LightHookNames, default_steps
 
 __all__ = [
     "DistillModule",
@@ -970,13 +970,9 @@ class ConsistencyModule(DistillModule):
         self.tune_candidates = _check_pos_int(tune_candidates, "tune_candidates", low=3)
         self.tune_reference_steps = _check_pos_int(tune_reference_steps, "tune_reference_steps")
         self.tune_repeats = _check_pos_int(tune_repeats, "tune_repeats")
-        from ..samplers import METHODS, Method
+        from ..samplers import Method
 
-        try:
-            self.tune_reference_adaptive = METHODS[Method.parse(tune_reference_method)].adaptive
-        except (ValueError, KeyError):
-            raise ValueError(f"tune_reference_method must be a flowgen sampler method (e.g. 'heun', 'dopri5'), "
-                             f"got {tune_reference_method!r}") from None
+        Method.parse(tune_reference_method, "tune_reference_method")  # refused here, not at the end of training
         self.tune_reference_method = tune_reference_method
         self._recent: list[Tensor] = []
         self.distiller = self._make_distiller(self.total_steps_arg or 1000)
@@ -1075,9 +1071,9 @@ class ConsistencyModule(DistillModule):
                 # the teacher's samples from *independent* noise: with the student's own noise the 1-step map
                 # is pathwise close to them and any re-noising looks worse, whatever the distributions
                 ref_noise = torch.randn((self.tune_num, *shape), generator=g).to(self.device)
-                steps = None if self.tune_reference_adaptive else self.tune_reference_steps
                 ref = sample(self.teacher, self.teacher_flow_path, ref_noise, prediction=self.teacher_pred,
-                             method=self.tune_reference_method, steps=steps).samples
+                             method=self.tune_reference_method,
+                             steps=default_steps(self.tune_reference_method, self.tune_reference_steps)).samples
             elif ref is None:  # consistency training: the recent training batches (the same set every repeat)
                 ref = torch.cat(self._recent)[-self.tune_num:]
             draws.append((noise, ref))
