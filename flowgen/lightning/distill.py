@@ -1201,6 +1201,9 @@ class ReflowModule(DistillModule):
         self.distill_steps = _check_pos_int(distill_steps, "distill_steps")
         self.num_pairs = _check_pos_int(num_pairs, "num_pairs")
         self.pair_batch_size = _check_pos_int(pair_batch_size, "pair_batch_size")
+        from ..samplers import Method
+
+        Method.parse(pair_method, "pair_method")  # refused here, not after the teacher is loaded and training starts
         self.pair_method, self.pair_steps, self.pair_dir = pair_method, pair_steps, pair_dir
         self.pair_seed = _check_pos_int(pair_seed, "pair_seed", low=0)
         self.stats_samples, self.stats_steps = _check_pos_int(stats_samples, "stats_samples"), _check_pos_int(stats_steps, "stats_steps")
@@ -1255,15 +1258,9 @@ class ReflowModule(DistillModule):
         was = src.training if isinstance(src, nn.Module) else None
         if isinstance(src, nn.Module):
             src.eval()
-        opts = {}
-        steps = self.pair_steps
-        from ..samplers import METHODS, Method
-
-        if METHODS[Method.parse(self.pair_method, "pair_method")].adaptive:
-            steps = None
         ds = generate_pairs(src, self.teacher_flow_path, num=self.num_pairs, batch_size=self.pair_batch_size,
                             shape=tuple(self.data_shape), out_dir=folder, prediction=pred, method=self.pair_method,
-                            steps=steps, seed=self.pair_seed + phase, device=device, **opts)
+                            steps=default_steps(self.pair_method, self.pair_steps), seed=self.pair_seed + phase, device=device)
         self._pairs = (ds.noise.to(device), ds.endpoint.to(device))
         self.pair_folders[phase] = folder
         g = torch.Generator().manual_seed(self.pair_seed + 10_000 + phase)

@@ -203,6 +203,8 @@ def test_bad_schedules_are_refused(rf_teacher):
         ProgressiveDistillModule(rf_teacher, student_steps=4, steps_per_round=[10, 10])
     with pytest.raises(ValueError, match="nothing to train"):
         ReflowModule(rf_teacher, reflow_rounds=0, distill=False)
+    with pytest.raises(ValueError, match="pair_method"):  # at construction, not when the pairs are due
+        ReflowModule(rf_teacher, pair_method="bogus")
     with pytest.raises(ValueError, match="mode"):
         ConsistencyModule(rf_teacher, mode="teacherless")
 
