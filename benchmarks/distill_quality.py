@@ -189,7 +189,7 @@ def run_one(kind: str, name: str, seed: int, *, work: str, quick: bool, methods:
             rows += r
         log(f"  {method} {sec:.1f} s")
     floor = protocol.floor
-    with_ratios(rows, floor)
+    with_ratios(rows, floor, floors=protocol.floors)
     d_ref = ref_row["d"]
     for r in rows:
         r.update(data=name, seed=seed)
@@ -231,6 +231,10 @@ def summarise(results: list[dict]) -> list[dict]:
         line = {"data": data, "model": group, "sampler": sampler, "steps": steps, "seeds": len(rs),
                 "nfe": statistics.fmean([r["nfe"] for _, r in rs if r["nfe"] is not None]) if any(r["nfe"] for _, r in rs) else None}
         line["R"], line["R_std"] = _mean_std([r["R"] for _, r in rs])
+        se = [r.get("R_se") for _, r in rs]
+        # the evaluation's standard error of the seed mean (each seed's jackknife error, combined)
+        line["R_eval_se"] = (math.sqrt(sum(x * x for x in se)) / len(se)
+                             if se and all(x is not None and math.isfinite(x) for x in se) else None)
         line["d"], line["d_std"] = _mean_std([r["d"] for _, r in rs])
         line["rms"], line["rms_std"] = _mean_std([r["rms_to_reference"] for _, r in rs])
         line["throughput_vs_dopri5"], _ = _mean_std([r["samples_per_s"] / ref_tp[res["seed"]] for res, r in rs])
@@ -262,15 +266,17 @@ def markdown(summary: list[dict], results: list[dict], info: dict) -> str:
              "R_k = (d(student, k steps) − floor)/(d(teacher dopri5) − floor), d = squared W2 to held-out data "
              "(digits: classifier Fréchet distance). RMS = distillation error against the teacher's dopri5 endpoints "
              "on the same noise (multistep consistency sampling re-noises, so its RMS is not a pure map distance). "
-             "Throughput relative to the teacher's dopri5; training time relative to the teacher's.", "",
-             "| data | model | sampler | steps | NFE | R_k (mean ± std) | target | met | RMS | throughput × | train time × |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Throughput relative to the teacher's dopri5; training time relative to the teacher's. "
+             "R_k's std is over seeds; eval se is the evaluation sets' share of the uncertainty of the mean "
+             "(each seed's jackknife standard error over its paired sets, combined).", "",
+             "| data | model | sampler | steps | NFE | R_k (mean ± std) | eval se | target | met | RMS | throughput × | train time × |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         met = "–" if s["met"] is None else ("yes" if s["met"] else "**no**")
         if s["target"] is not None and not s.get("well_conditioned", True):
             met = "not measurable"
         lines.append(f"| {s['data']} | {s['model']} | {s['sampler']} | {s['steps'] if s['steps'] is not None else 'adaptive'} | "
-                     f"{_pm(s['nfe'], 0, 3)} | {_pm(s['R'], s['R_std'])} | {s['target'] or '–'} | {met} | "
+                     f"{_pm(s['nfe'], 0, 3)} | {_pm(s['R'], s['R_std'])} | {_pm(s.get('R_eval_se'), 0, 2)} | {s['target'] or '–'} | {met} | "
                      f"{_pm(s['rms'], s['rms_std'])} | {_pm(s['throughput_vs_dopri5'], 0, 3)} | "
                      f"{_pm(s['time_vs_teacher'], s['time_vs_teacher_std'])} |")
     lines += ["", "Per seed: floor, teacher d and its excess over the floor (the denominator of R_k):", "",
@@ -278,6 +284,13 @@ def markdown(summary: list[dict], results: list[dict], info: dict) -> str:
     for r in results:
         lines.append(f"| {r['data']} | {r['seed']} | {r['floor']:.4g} | {r['d_teacher']:.4g} | {r['teacher_excess']:.4g} | "
                      f"{r['times']['teacher']:.1f} |")
+    lines += ["", "Per seed, the targeted R_k with its evaluation standard error (jackknife over the evaluation sets):", "",
+              "| data | seed | model | steps | R_k | eval se |", "|---|---|---|---|---|---|"]
+    for res in results:
+        for r in res["rows"]:
+            if (r["group"], r["steps"]) in TARGETS and r.get("R") is not None:
+                lines.append(f"| {res['data']} | {res['seed']} | {r['group']} | {r['steps']} | {r['R']:.3f} | "
+                             f"{_pm(r.get('R_se'), 0, 2)} |")
     bad = sorted({r["data"] for r in results if not conditioned(results, r["data"])})
     if bad:
         lines += ["", f"Not measurable: on {', '.join(bad)} the teacher's dopri5 distance exceeds the floor by less "

@@ -309,7 +309,7 @@ def evaluate_entries(entries: list[Entry], protocol: EvalProtocol, *, reference:
                      count_model=None, progress=None) -> list[dict]:
     """Evaluate every entry on every repeat of ``protocol``.
 
-    Returns one row per entry: ``d`` (mean over repeats), ``d_std``, ``R`` (against the row of group
+    Returns one row per entry: ``d`` (mean over repeats), ``d_std``, ``d_values`` (one per repeat), ``R`` (against the row of group
     ``teacher_reference``, or ``reference_d``), ``rms`` (distillation error against ``reference``
     samples on the same noise), ``seconds`` (mean sampling time of ``num`` samples) and ``samples_per_s``.
     """
@@ -335,7 +335,7 @@ def evaluate_entries(entries: list[Entry], protocol: EvalProtocol, *, reference:
                 rms.append(float((x.double() - reference[i].double()).flatten(1).pow(2).sum(1).mean().sqrt()))
         d = sum(ds) / len(ds)
         row = {"model": e.model, "sampler": e.sampler, "steps": e.steps, "nfe": nfe, "d": d,
-               "d_std": float(torch.tensor(ds).std()) if len(ds) > 1 else 0.0,
+               "d_std": float(torch.tensor(ds).std()) if len(ds) > 1 else 0.0, "d_values": list(ds),
                "rms_to_reference": (sum(rms) / len(rms)) if rms else None,
                "seconds": sum(secs) / len(secs), "samples_per_s": protocol.noises[0].shape[0] / max(1e-9, sum(secs) / len(secs)),
                "group": e.group}
@@ -371,13 +371,37 @@ def reference_samples(teacher, path, prediction, protocol: EvalProtocol, method:
     return out, rows[0]
 
 
-def with_ratios(rows: list[dict], floor: float) -> list[dict]:
-    """Set ``R`` on every row against the ``teacher_reference`` row: ``(d − floor)/(d_ref − floor)``."""
-    d_ref = next((r["d"] for r in rows if r["group"] == "teacher_reference"), None)
+def with_ratios(rows: list[dict], floor: float, *, floors: list[float] | None = None) -> list[dict]:
+    """Set ``R`` on every row against the ``teacher_reference`` row: ``(d − floor)/(d_ref − floor)``.
+
+    With ``floors`` (the protocol's per-set floors) and rows carrying ``d_values`` on the same sets,
+    also set ``R_se``: the jackknife standard error of ``R`` over the evaluation sets (leave one set
+    out of every mean; the sets are paired, so their shared noise cancels). It is the evaluation's
+    share of the uncertainty; seed-to-seed scatter comes on top.
+    """
+    ref = next((r for r in rows if r["group"] == "teacher_reference"), None)
+    d_ref = None if ref is None else ref["d"]
     for r in rows:
         ok = d_ref is not None and math.isfinite(floor) and d_ref > floor
         r["R"] = (r["d"] - floor) / (d_ref - floor) if ok else None
+        r["R_se"] = _jackknife_ratio_se(r.get("d_values"), ref.get("d_values"), floors) if ok else None
     return rows
+
+
+def _jackknife_ratio_se(d: list | None, d_ref: list | None, floors: list | None) -> float | None:
+    """Jackknife standard error of ``(mean d − mean f)/(mean d_ref − mean f)`` over paired sets; ``None`` if undefined."""
+    n = len(floors or ())
+    if n < 2 or d is None or d_ref is None or len(d) != n or len(d_ref) != n:
+        return None
+    sd, sr, sf = sum(d), sum(d_ref), sum(floors)
+    loo = []
+    for i in range(n):
+        den = (sr - d_ref[i]) - (sf - floors[i])
+        if not den > 0:
+            return None
+        loo.append(((sd - d[i]) - (sf - floors[i])) / den)
+    m = sum(loo) / n
+    return math.sqrt((n - 1) / n * sum((x - m) ** 2 for x in loo))
 
 
 # =============================================================================================
@@ -749,7 +773,7 @@ def run_report(config: str, *, out: str | None = None, steps_scale: float | None
             if ks and min(ks) == 1 and "round" not in label:
                 shown[f"{label} 1 step"] = gen.sample(noise0, steps=1, generator=torch.Generator().manual_seed(seed))
     floor = protocol.floor
-    with_ratios(rows, floor)
+    with_ratios(rows, floor, floors=protocol.floors)
     for r in rows:
         r["time_vs_teacher_training"] = (r["train_seconds"] / teacher_s) if r.get("train_seconds") else None
 
@@ -779,7 +803,7 @@ def run_report(config: str, *, out: str | None = None, steps_scale: float | None
     fig = samples_figure(os.path.join(figures, "samples.png"), list(shown.items()), reference=ref_data)
 
     cols = [("model", "model"), ("sampler", "sampler"), ("steps", "steps"), ("nfe", "NFE"), ("d", "d"),
-            ("R", "R_k"), ("rms_to_reference", "RMS to teacher"), ("samples_per_s", "samples/s"),
+            ("R", "R_k"), ("R_se", "R_k eval se"), ("rms_to_reference", "RMS to teacher"), ("samples_per_s", "samples/s"),
             ("time_vs_teacher_training", "train time / teacher's")]
     table = format_markdown_table(rows, cols)
     total = time.perf_counter() - t_start

@@ -144,6 +144,35 @@ def test_r_k_is_one_for_the_reference_itself_and_rms_zero():
     assert with_ratios([dict(r) for r in rows], 10.0)[1]["R"] is None
 
 
+def test_r_k_standard_error_is_the_jackknife_over_paired_evaluation_sets():
+    from flowgen.distill_cli import with_ratios
+
+    g = torch.Generator().manual_seed(3)
+    n = 6
+    f = (0.03 + 0.005 * torch.rand(n, generator=g, dtype=torch.float64)).tolist()
+    t = [x + 0.02 + 0.004 * float(torch.rand(1, generator=g, dtype=torch.float64)) for x in f]
+    s = [x + 0.025 + 0.006 * float(torch.rand(1, generator=g, dtype=torch.float64)) for x in f]
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    rows = [{"group": "teacher_reference", "d": mean(t), "d_values": t}, {"group": "s", "d": mean(s), "d_values": s}]
+    with_ratios(rows, mean(f), floors=f)
+    # independent recomputation: leave-one-out ratios with boolean masks, then the jackknife variance
+    F, T, S = (torch.tensor(v, dtype=torch.float64) for v in (f, t, s))
+    loo = torch.stack([(S[m].mean() - F[m].mean()) / (T[m].mean() - F[m].mean())
+                       for m in (torch.arange(n) != i for i in range(n))])
+    expected = float(((n - 1) / n * (loo - loo.mean()).pow(2).sum()).sqrt())
+    assert rows[1]["R_se"] == pytest.approx(expected, rel=1e-12) and rows[1]["R_se"] > 0
+    assert rows[0]["R_se"] == pytest.approx(0.0, abs=1e-12)  # the reference against itself
+    # a student whose excess is a fixed multiple of the reference's on every set has no evaluation error
+    c = [fi + 1.5 * (ti - fi) for fi, ti in zip(f, t)]
+    rows.append({"group": "c", "d": mean(c), "d_values": c})
+    with_ratios(rows, mean(f), floors=f)
+    assert rows[2]["R"] == pytest.approx(1.5) and rows[2]["R_se"] == pytest.approx(0.0, abs=1e-9)
+    # one set, or no per-set floors: no standard error
+    assert with_ratios([dict(r) for r in rows], mean(f))[1]["R_se"] is None
+    one = [{"group": "teacher_reference", "d": t[0], "d_values": t[:1]}, {"group": "s", "d": s[0], "d_values": s[:1]}]
+    assert with_ratios(one, f[0], floors=f[:1])[1]["R_se"] is None
+
+
 def test_tiny_end_to_end_report(tmp_path):
     """The whole report pipeline on tiny budgets: teacher, every method, table, plot and samples figure."""
     cfg = tmp_path / "report.yaml"
