@@ -223,6 +223,18 @@ def _distance_fn(shape: tuple[int, ...]):
     return w2
 
 
+def _sliced_distance_fn(seed: int, projections: int = 256):
+    """``(samples, reference) → float``: sliced squared W2 on the same ``projections`` directions at every call."""
+    from ..metrics.distances import sliced_w2_squared
+
+    def sw2(x, r):
+        n = min(x.shape[0], r.shape[0])
+        return sliced_w2_squared(x[:n].double().cpu(), r[:n].double().cpu(), projections=projections,
+                                 generator=torch.Generator().manual_seed(seed))
+
+    return sw2
+
+
 # =============================================================================================
 # the shared base
 # =============================================================================================
@@ -910,6 +922,14 @@ class ConsistencyModule(DistillModule):
             on; the search minimises the mean, which is less noisy than one draw's distance. On the
             quick toy teachers 4 draws changed consistency R_2 by less than the seeds' spread, so the
             default is one.
+        tune_metric: the search's distance: ``"w2"`` (exact squared W2, or the Fréchet distance for
+            8×8 digits) or ``"sliced_w2"`` (sliced squared W2 on 256 fixed random directions,
+            :func:`flowgen.metrics.sliced_w2_squared`), which is cheap enough for ``tune_num`` in the
+            tens of thousands. On the quick Gaussian-mixture teachers (3 seeds, 4 independent searches
+            each, every pick scored on 16 evaluation sets), exact W2 on 2000 samples against Heun
+            samples picked 2-step times whose R_2 averaged 1.105, scattered over the candidates'
+            whole range; sliced W2 on 20 000 samples against dopri5 samples averaged 1.068; the best
+            candidate per seed averaged 1.011.
         total_steps: the run's optimizer steps (the single phase's length; default ``trainer.max_steps``).
         **kwargs: the shared arguments of :class:`DistillModule`.
 
@@ -928,6 +948,7 @@ class ConsistencyModule(DistillModule):
                  sigma_data: float = 0.5, max_sample_steps: int = 4, sample_times: dict | None = None,
                  tune_sample_times: bool = False, tune_num: int = 2000, tune_candidates: int = 24,
                  tune_reference_steps: int = 32, tune_reference_method: str = "heun", tune_repeats: int = 1,
+                 tune_metric: str = "w2",
                  total_steps: int | None = None, init_from_teacher: bool = False, **kwargs):
         if mode not in ("distillation", "training"):
             raise ValueError(f"mode must be 'distillation' or 'training', got {mode!r}")
@@ -974,6 +995,9 @@ class ConsistencyModule(DistillModule):
 
         Method.parse(tune_reference_method, "tune_reference_method")  # refused here, not at the end of training
         self.tune_reference_method = tune_reference_method
+        if tune_metric not in ("w2", "sliced_w2"):
+            raise ValueError(f"tune_metric must be 'w2' or 'sliced_w2', got {tune_metric!r}")
+        self.tune_metric = tune_metric
         self._recent: list[Tensor] = []
         self.distiller = self._make_distiller(self.total_steps_arg or 1000)
         self.student = self.distiller.consistency_function(self._take_student())
@@ -1079,7 +1103,7 @@ class ConsistencyModule(DistillModule):
             draws.append((noise, ref))
         d = self.distiller
         cand = self._tune_candidates_from_grid()
-        metric = _distance_fn(shape)
+        metric = _distance_fn(shape) if self.tune_metric == "w2" else _sliced_distance_fn(self.val_seed + 54321)
         times = {1: [d.t_max]}
         best: list[float] = [d.t_max]
         scores = {}

@@ -1,6 +1,7 @@
 """Metrics for generated samples: tensors in, floats (or small tensors) out; shapes validated.
 
 * :func:`wasserstein2`, :func:`w2_squared` — exact W2 between equal-size point clouds.
+* :func:`sliced_w2_squared` — sliced W2² (random 1-D projections, sorted matching): for large clouds.
 * :func:`mmd` — unbiased multi-bandwidth MMD².
 * :func:`log_likelihood` — under a known density (e.g. :func:`flowgen.data.toy_density`).
 * :func:`frechet_distance` — between Gaussians fitted to feature sets.
@@ -26,6 +27,7 @@ from .distances import (
     gaussian_stats,
     log_likelihood,
     mmd,
+    sliced_w2_squared,
     w2_squared,
     wasserstein2,
 )
@@ -33,6 +35,7 @@ from .distances import (
 __all__ = [
     "wasserstein2",
     "w2_squared",
+    "sliced_w2_squared",
     "mmd",
     "Kernel",
     "log_likelihood",

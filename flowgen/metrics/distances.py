@@ -5,6 +5,9 @@ r"""Sample-based distances between distributions: exact W2, MMD, Fréchet distan
   permutation, found exactly on the squared-distance matrix by :func:`flowgen._ot.assignment`
   (POT's network simplex): ``W2² = min_π (1/N) Σ_i ‖x_i − y_π(i)‖²``. ``O(N²)`` memory; 2000 2-D
   points take about 0.4 s on one CPU core; 1-D data uses the sorted matching instead.
+* :func:`sliced_w2_squared` — squared W2 averaged over random 1-D projections, each solved by
+  sorting: ``O(L·N log N)``, so it takes 10⁴–10⁵ points where exact W2 takes 10³ (lower variance
+  for the same time; a different distance, not an estimate of W2).
 * :func:`mmd` — unbiased estimate of ``MMD²`` with a sum of Gaussian (RBF) or inverse
   multiquadric kernels over several bandwidths.
 * :func:`frechet_distance` — ``‖μ_x − μ_y‖² + tr(Σ_x + Σ_y − 2 (Σ_x^{1/2} Σ_y Σ_x^{1/2})^{1/2})``,
@@ -19,7 +22,8 @@ References:
     Villani 2009, Optimal Transport, Thm 4.1 and Birkhoff's theorem (discrete OT is an assignment);
     Gretton et al. 2012, JMLR 13 "A Kernel Two-Sample Test", Lemma 6 and eq. (3) (unbiased MMD²);
     Dowson & Landau 1982 (Fréchet distance between Gaussians);
-    Heusel et al. 2017, arXiv:1706.08500 (FID).
+    Heusel et al. 2017, arXiv:1706.08500 (FID);
+    Bonneel et al. 2015, J. Math. Imaging Vis. 51 "Sliced and Radon Wasserstein barycenters" (sliced W2).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from torch import Tensor
 __all__ = [
     "wasserstein2",
     "w2_squared",
+    "sliced_w2_squared",
     "mmd",
     "Kernel",
     "frechet_distance",
@@ -105,6 +110,41 @@ def wasserstein2(x: Tensor, y: Tensor) -> float:
         Villani 2009, Optimal Transport, Def. 6.1 and Birkhoff's theorem.
     """
     return math.sqrt(max(w2_squared(x, y), 0.0))
+
+
+def sliced_w2_squared(x: Tensor, y: Tensor, *, projections: int = 256, generator: torch.Generator | None = None) -> float:
+    """Sliced squared 2-Wasserstein distance between two equal-size point clouds.
+
+    ``SW2² = E_θ[W2²(θᵀx, θᵀy)]`` over directions ``θ`` uniform on the unit sphere, estimated with
+    ``projections`` random directions; each 1-D distance is exact (sorted matching). For ``d = 1``
+    it equals :func:`w2_squared`. Between ``N(0, I)`` and ``N(m, I)`` it is ``‖m‖²/d`` in the limit
+    of many points and directions.
+
+    Args:
+        x: ``(N, *D)`` points (flattened to ``(N, d)``), uniform weights.
+        y: ``(N, *D)`` points.
+        projections: number of random directions ``L`` (keyword-only).
+        generator: draws the directions (pass a seeded one to compare several ``x`` on the same directions).
+
+    Returns:
+        A float: the mean over the ``L`` directions of ``(1/N) Σ_i (sort(θᵀx)_i − sort(θᵀy)_i)²``.
+
+    References:
+        Bonneel, Rabin, Peyré & Pfister 2015, J. Math. Imaging Vis. 51, "Sliced and Radon Wasserstein barycenters".
+    """
+    a, b = _pair(x, y)
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"x has {a.shape[0]} points and y has {b.shape[0]}; sliced W2 needs equal sizes (subsample the larger)")
+    if isinstance(projections, bool) or not isinstance(projections, int) or projections < 1:
+        raise ValueError(f"projections must be a positive int, got {projections!r}")
+    d = a.shape[1]
+    if d == 1:
+        theta = torch.ones(1, 1, dtype=torch.float64, device=a.device)
+    else:
+        theta = torch.randn(d, projections, generator=generator, dtype=torch.float64).to(a.device)
+        theta = theta / theta.norm(dim=0, keepdim=True)
+    pa, pb = (a @ theta).sort(0).values, (b @ theta).sort(0).values
+    return float((pa - pb).pow(2).mean())
 
 
 class Kernel(Choice):

@@ -300,6 +300,34 @@ def test_consistency_time_search_scores_the_mean_over_independent_draws(rf_teach
     assert m1.tune_times()[2] == [d.t_max, min(first, key=first.get)]
 
 
+def test_consistency_time_search_can_score_with_sliced_w2(rf_teacher):
+    from flowgen.distill import ConsistencyGenerator, consistency_grid
+    from flowgen.metrics.distances import sliced_w2_squared, w2_squared
+    from flowgen.samplers import sample
+
+    with pytest.raises(ValueError, match="tune_metric"):
+        ConsistencyModule(rf_teacher, num_scales=6, sigma_data=1.0, tune_metric="w1")
+    pl.seed_everything(0, verbose=False)
+    m = ConsistencyModule(rf_teacher, num_scales=6, sigma_data=1.0, tune_num=256, tune_candidates=5, max_sample_steps=2,
+                          tune_metric="sliced_w2", tune_reference_method="dopri5")
+    m.data_shape = (2,)
+    times, d = m.tune_times(), m.distiller
+    g = torch.Generator().manual_seed(m.val_seed + 12345)
+    noise, ref_noise = torch.randn((256, 2), generator=g), torch.randn((256, 2), generator=g)
+    ref = sample(m.teacher, m.teacher_flow_path, ref_noise, prediction=m.teacher_pred, method="dopri5").samples.double()
+    sliced, exact = {}, {}
+    for tau in consistency_grid(6, d.path, t_min=d.t_min, t_max=d.t_max, rho=d.rho)[1:-1].tolist():
+        gen = ConsistencyGenerator(m.student, d.path, t_min=d.t_min, t_max=d.t_max, step_times={2: [d.t_max, tau]},
+                                   sigma_data=d.sigma_data)
+        x = gen.sample(noise, steps=2, generator=torch.Generator().manual_seed(m.val_seed + 2)).double()
+        # the same 256 directions for every candidate
+        sliced[tau] = sliced_w2_squared(x, ref, projections=256, generator=torch.Generator().manual_seed(m.val_seed + 54321))
+        exact[tau] = w2_squared(x, ref)
+    assert times[2] == [d.t_max, min(sliced, key=sliced.get)]
+    assert m.tuned_scores[2] == pytest.approx(min(sliced.values()), rel=1e-9)
+    assert min(sliced.values()) < min(exact.values())  # a different distance (sliced W2² ≤ W2²), not W2's scores
+
+
 def test_consistency_time_search_reference_can_be_the_teachers_adaptive_solve(rf_teacher):
     from flowgen.samplers import sample
 

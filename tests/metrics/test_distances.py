@@ -15,6 +15,7 @@ from flowgen.metrics import (
     gaussian_stats,
     log_likelihood,
     mmd,
+    sliced_w2_squared,
     w2_squared,
     wasserstein2,
 )
@@ -70,6 +71,46 @@ def test_w2_errors():
         w2_squared(np.zeros((4, 2)), x)
     with pytest.raises(ValueError, match="at least 1"):
         w2_squared(torch.zeros(0, 2), torch.zeros(0, 2))
+
+
+# ----------------------------------------------------------------------------- sliced W2
+def test_sliced_w2_one_dimensional_is_exact_w2_and_projection_is_brute_force(device):
+    x = torch.randn(257, 1, generator=gen(0), dtype=f64).to(device)
+    y = (2 * torch.randn(257, 1, generator=gen(1), dtype=f64) + 1).to(device)
+    assert sliced_w2_squared(x, y) == pytest.approx(w2_squared(x, y), rel=1e-12)
+    # in d dimensions: the mean over the same directions of the exact 1-D W2² (assignment solver) of the projections
+    a, b = torch.randn(40, 3, generator=gen(2), dtype=f64), torch.randn(40, 3, generator=gen(3), dtype=f64) + 0.5
+    theta = torch.randn(3, 5, generator=gen(4), dtype=f64)
+    theta = theta / theta.norm(dim=0)
+    brute = sum(w2_squared(torch.cat([a @ theta[:, [j]], torch.zeros(40, 1, dtype=f64)], 1),
+                           torch.cat([b @ theta[:, [j]], torch.zeros(40, 1, dtype=f64)], 1)) for j in range(5)) / 5
+    assert sliced_w2_squared(a, b, projections=5, generator=gen(4)) == pytest.approx(brute, rel=1e-10)
+
+
+def test_sliced_w2_of_shifted_gaussians_is_norm_over_dimension():
+    # between N(0, I) and N(m, I) the sliced W2² is E_θ[(θ·m)²] = ‖m‖²/d; a shifted copy removes the sampling noise
+    # (each projection's sorted matching is the identity, so only the directions' noise is left)
+    d = 4
+    x = torch.randn(2000, d, generator=gen(5), dtype=f64)
+    m = torch.tensor([1.0, -2.0, 0.5, 0.0], dtype=f64)
+    assert sliced_w2_squared(x[:200], x[:200] + m, projections=20000, generator=gen(6)) == pytest.approx(float(m.pow(2).sum()) / d, rel=0.03)
+    assert sliced_w2_squared(x, x[torch.randperm(2000, generator=gen(7))]) == 0.0
+    # W2² ≥ sliced W2² ≥ the squared distance of the means / d ... and the same directions give the same value
+    a, b = x[:500], x[500:1000] + m
+    assert sliced_w2_squared(a, b, generator=gen(8)) == sliced_w2_squared(a, b, generator=gen(8))
+    assert sliced_w2_squared(a, b, projections=512, generator=gen(8)) <= w2_squared(a, b)
+
+
+def test_sliced_w2_errors():
+    x = torch.randn(4, 2)
+    with pytest.raises(ValueError, match="equal sizes"):
+        sliced_w2_squared(x, torch.randn(5, 2))
+    with pytest.raises(ValueError, match="same point shape"):
+        sliced_w2_squared(x, torch.randn(4, 3))
+    with pytest.raises(ValueError, match="projections must be a positive int"):
+        sliced_w2_squared(x, x, projections=0)
+    with pytest.raises(ValueError, match="y holds 1 NaN"):
+        sliced_w2_squared(x, torch.tensor([[0.0, float("nan")], [0, 0], [0, 0], [0, 0]]))
 
 
 # ----------------------------------------------------------------------------- MMD

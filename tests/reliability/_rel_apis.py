@@ -678,6 +678,8 @@ def metrics_apis(cfg: Config) -> list[Api]:
     apis = [
         Api("metrics", "wasserstein2", lambda x, y: fm.wasserstein2(x, y), {"x": Arg(BATCH, x), "y": Arg(BATCH, y)}, scalar),
         Api("metrics", "w2_squared", lambda x, y: fm.w2_squared(x, y), {"x": Arg(BATCH, x), "y": Arg(BATCH, y)}, scalar),
+        Api("metrics", "sliced_w2_squared", lambda x, y: fm.sliced_w2_squared(x, y, projections=8),
+            {"x": Arg(BATCH, x), "y": Arg(BATCH, y)}, scalar),
         Api("metrics", "mmd", lambda x, y, kernel: fm.mmd(x, y, kernel=kernel), {"x": Arg(BATCH, x), "y": Arg(BATCH, y),
                                                                                  "kernel": Arg(NAME, "rbf")},
             lambda kw: _check_number),  # the unbiased MMD² estimate may be negative
