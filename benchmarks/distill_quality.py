@@ -95,6 +95,11 @@ QUICK_DATA = {
     "gmm": {"teacher": ["--trainer.max_steps", "1000"]},
 }
 
+def quick_args(kind: str, name: str, stage: str) -> list[str]:
+    """The --quick overrides of one stage (``"teacher"`` or a method): its data kind's, then its data set's."""
+    return QUICK[kind].get(stage, []) + QUICK_DATA.get(name, {}).get(stage, [])
+
+
 COMMON = ["--trainer.val_check_interval", "1000000", "--trainer.limit_val_batches", "0", "--trainer.logger", "false"]
 
 
@@ -156,11 +161,8 @@ def run_one(kind: str, name: str, seed: int, *, work: str, quick: bool, methods:
     from flowgen.lightning.distill import load_student
 
     teacher_recipe, recipes = RECIPES[kind]
-    q = QUICK[kind] if quick else {}
-    qd = QUICK_DATA.get(name, {}) if quick else {}
-    qt = (QUICK[kind], QUICK_DATA.get(name, {})) if quick or quick_teacher else ({}, {})
     root = os.path.join(work, f"{name}_seed{seed}")
-    targs = data_args(kind, name) + qt[0].get("teacher", []) + qt[1].get("teacher", []) + COMMON
+    targs = data_args(kind, name) + (quick_args(kind, name, "teacher") if quick or quick_teacher else []) + COMMON
     teacher_ckpt, teacher_s = train_teacher(os.path.join(ROOT, teacher_recipe), os.path.join(root, "teacher"), seed=seed, args=targs)
     log(f"  teacher {teacher_s:.1f} s")
     teacher, path, prediction, meta = load_generator(teacher_ckpt)
@@ -170,7 +172,7 @@ def run_one(kind: str, name: str, seed: int, *, work: str, quick: bool, methods:
                                         reference=ref, count_model=teacher)
     times = {"teacher": teacher_s}
     for method in methods:
-        sargs = data_args(kind, name) + q.get(method, []) + qd.get(method, []) + COMMON
+        sargs = data_args(kind, name) + (quick_args(kind, name, method) if quick else []) + COMMON
         students, sec = distill_student(os.path.join(ROOT, recipes[method]), os.path.join(root, method), teacher=teacher_ckpt,
                                         seed=seed, args=sargs)
         times[method] = sec

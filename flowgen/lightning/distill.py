@@ -208,31 +208,26 @@ def student_metadata(generator, *, model_spec: dict | None, data_shape, weights_
     )
 
 
-def _distance_fn(shape: tuple[int, ...]):
-    """``(samples, reference) → float``: the digits Fréchet distance for 8×8 digits, else the squared W2."""
-    if tuple(shape) == (1, 8, 8):
+def _distance_fn(shape: tuple[int, ...], metric: str = "w2", *, seed: int = 0):
+    """``(samples, reference) → float`` on their common leading count.
+
+    ``metric="w2"``: the digits Fréchet distance for 8×8 digits, else the exact squared W2;
+    ``"sliced_w2"``: the sliced squared W2 on 256 directions drawn from ``seed`` (the same at every call).
+    """
+    if metric == "w2" and tuple(shape) == (1, 8, 8):
         from ..metrics import digits_frechet_distance
 
         return lambda x, r: float(digits_frechet_distance(x.float().cpu(), r.float().cpu()))
-    from ..metrics.distances import w2_squared
+    from ..metrics.distances import sliced_w2_squared, w2_squared
 
-    def w2(x, r):
+    def distance(x, r):
         n = min(x.shape[0], r.shape[0])
-        return float(w2_squared(x[:n].double().cpu().flatten(1), r[:n].double().cpu().flatten(1)))
+        a, b = x[:n].double().cpu().flatten(1), r[:n].double().cpu().flatten(1)
+        if metric == "sliced_w2":
+            return sliced_w2_squared(a, b, projections=256, generator=torch.Generator().manual_seed(seed))
+        return float(w2_squared(a, b))
 
-    return w2
-
-
-def _sliced_distance_fn(seed: int, projections: int = 256):
-    """``(samples, reference) → float``: sliced squared W2 on the same ``projections`` directions at every call."""
-    from ..metrics.distances import sliced_w2_squared
-
-    def sw2(x, r):
-        n = min(x.shape[0], r.shape[0])
-        return sliced_w2_squared(x[:n].double().cpu(), r[:n].double().cpu(), projections=projections,
-                                 generator=torch.Generator().manual_seed(seed))
-
-    return sw2
+    return distance
 
 
 # =============================================================================================
@@ -1102,7 +1097,7 @@ class ConsistencyModule(DistillModule):
             draws.append((noise, ref))
         d = self.distiller
         cand = self._tune_candidates_from_grid()
-        metric = _distance_fn(shape) if self.tune_metric == "w2" else _sliced_distance_fn(self.val_seed + 54321)
+        metric = _distance_fn(shape, self.tune_metric, seed=self.val_seed + 54321)
         times = {1: [d.t_max]}
         best: list[float] = [d.t_max]
         scores = {}

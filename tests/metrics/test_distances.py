@@ -59,18 +59,19 @@ def test_w2_one_dimensional_gaussians_converge_to_closed_form():
     assert w2_squared(xs, ys) == pytest.approx(w2_squared(torch.cat([xs, pad], 1), torch.cat([ys, pad], 1)), rel=1e-10)
 
 
-def test_w2_errors():
+@pytest.mark.parametrize("w2", [w2_squared, sliced_w2_squared])
+def test_w2_errors(w2):
     x = torch.randn(4, 2)
     with pytest.raises(ValueError, match="equal sizes"):
-        w2_squared(x, torch.randn(5, 2))
+        w2(x, torch.randn(5, 2))
     with pytest.raises(ValueError, match="same point shape"):
-        w2_squared(x, torch.randn(4, 3))
+        w2(x, torch.randn(4, 3))
     with pytest.raises(ValueError, match="y holds 1 NaN"):
-        w2_squared(x, torch.tensor([[0.0, float("nan")], [0, 0], [0, 0], [0, 0]]))
+        w2(x, torch.tensor([[0.0, float("nan")], [0, 0], [0, 0], [0, 0]]))
     with pytest.raises(TypeError, match="x must be a torch.Tensor"):
-        w2_squared(np.zeros((4, 2)), x)
+        w2(np.zeros((4, 2)), x)
     with pytest.raises(ValueError, match="at least 1"):
-        w2_squared(torch.zeros(0, 2), torch.zeros(0, 2))
+        w2(torch.zeros(0, 2), torch.zeros(0, 2))
 
 
 # ----------------------------------------------------------------------------- sliced W2
@@ -101,16 +102,11 @@ def test_sliced_w2_of_shifted_gaussians_is_norm_over_dimension():
     assert sliced_w2_squared(a, b, projections=512, generator=gen(8)) <= w2_squared(a, b)
 
 
-def test_sliced_w2_errors():
+def test_sliced_w2_refuses_a_bad_number_of_projections():
     x = torch.randn(4, 2)
-    with pytest.raises(ValueError, match="equal sizes"):
-        sliced_w2_squared(x, torch.randn(5, 2))
-    with pytest.raises(ValueError, match="same point shape"):
-        sliced_w2_squared(x, torch.randn(4, 3))
-    with pytest.raises(ValueError, match="projections must be a positive int"):
-        sliced_w2_squared(x, x, projections=0)
-    with pytest.raises(ValueError, match="y holds 1 NaN"):
-        sliced_w2_squared(x, torch.tensor([[0.0, float("nan")], [0, 0], [0, 0], [0, 0]]))
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="projections must be a positive int"):
+            sliced_w2_squared(x, x, projections=bad)
 
 
 # ----------------------------------------------------------------------------- MMD
