@@ -34,9 +34,9 @@ from ..parameterization import Prediction
 from ..paths import path_from_config, path_to_config
 from ..paths.base import Path
 from ..preconditioning import BoundaryConditioned
-from ..samplers import check_grid, karras_grid, sample
+from ..samplers import check_grid, sample
 from ._common import check_data, check_int
-from .consistency import _check_step_times, consistency_sample, default_t_max
+from .consistency import _check_step_times, check_spacing, consistency_grid, consistency_sample, default_t_max
 
 __all__ = ["Generator", "ProgressiveGenerator", "ConsistencyGenerator", "ReflowGenerator", "generator_from_metadata", "GENERATORS"]
 
@@ -192,10 +192,12 @@ class ConsistencyGenerator(Generator):
         t_min, t_max: the boundary time and the start time (defaults: ``f.t_min`` or
             ``path.t_min``, and :func:`~flowgen.distill.default_t_max`).
         step_times: ``{k: [τ_0, …, τ_{k−1}]}`` explicit times for each supported ``k``; by default
-            ``k`` times from the ρ-schedule in ``σ̃`` (``karras_grid(k)`` without its last point,
+            ``k`` times from the ρ-schedule in ``σ̃`` (``consistency_grid(k + 1)`` without its last point,
             so ``τ_0 = t_max``) for ``k = 1 … max_steps``.
         max_steps: the largest default ``k`` (4).
         rho: ρ of the default times.
+        spacing: the default times' grid (:func:`~flowgen.distill.consistency_grid`): ``"karras"``
+            (default) or ``"uniform"``, ``"log_snr"``, ``"shifted"``.
         sigma_data: σ_d of the boundary-condition preconditioning (metadata, to rebuild ``f``).
         event_shape: optional per-sample shape check.
 
@@ -210,16 +212,19 @@ class ConsistencyGenerator(Generator):
     method = "consistency"
 
     def __init__(self, f, path: Path, *, t_min: float | None = None, t_max: float | None = None, step_times: dict | None = None,
-                 max_steps: int = 4, rho: float = 7.0, sigma_data: float = 0.5, event_shape=None):
+                 max_steps: int = 4, rho: float = 7.0, sigma_data: float = 0.5, event_shape=None,
+                 spacing="karras"):
         super().__init__(f, path, Prediction.DATA, event_shape=event_shape)
         self.t_min = float(getattr(f, "t_min", path.t_min) if t_min is None else t_min)
         self.t_max = float(default_t_max(path) if t_max is None else t_max)
         if not (0.0 <= self.t_min < self.t_max <= 1.0):
             raise ValueError(f"t_min and t_max must satisfy 0 <= t_min < t_max <= 1, got t_min={self.t_min}, t_max={self.t_max}")
         self.rho, self.sigma_data = float(rho), float(sigma_data)
+        self.spacing = check_spacing(spacing)
         if step_times is None:
             max_steps = check_int(max_steps, "max_steps")
-            step_times = {k: karras_grid(k, path, self.rho, t_max=self.t_max, t_min=self.t_min)[:-1].tolist() for k in range(1, max_steps + 1)}
+            step_times = {k: consistency_grid(k + 1, path, t_min=self.t_min, t_max=self.t_max, rho=self.rho,
+                                              spacing=self.spacing)[:-1].tolist() for k in range(1, max_steps + 1)}
         if not isinstance(step_times, dict) or not step_times:
             raise ValueError(f"step_times must be a non-empty dict {{k: [t_0, ..., t_(k-1)]}}, got {step_times!r}")
         self.step_times = {}
@@ -239,7 +244,9 @@ class ConsistencyGenerator(Generator):
                                   generator=generator)
 
     def _extra(self) -> dict:
-        return {"t_min": self.t_min, "t_max": self.t_max, "rho": self.rho, "sigma_data": self.sigma_data,
+        net_prediction = getattr(self.model, "net_prediction", None)
+        return {"t_min": self.t_min, "t_max": self.t_max, "rho": self.rho, "spacing": self.spacing, "sigma_data": self.sigma_data,
+                "net_prediction": None if net_prediction is None else net_prediction.value,
                 "step_times": {str(k): list(v) for k, v in self.step_times.items()}}
 
 
@@ -317,10 +324,12 @@ def generator_from_metadata(model, metadata: dict) -> Generator:
     if kind == "consistency":
         t_min = float(metadata["t_min"])
         sigma_data = float(metadata.get("sigma_data", 0.5))
-        f = model if isinstance(model, BoundaryConditioned) else BoundaryConditioned(model, path, t_min=t_min, sigma_data=sigma_data)
+        f = model if isinstance(model, BoundaryConditioned) else BoundaryConditioned(
+            model, path, t_min=t_min, sigma_data=sigma_data, net_prediction=metadata.get("net_prediction"))
         times = {int(k): v for k, v in metadata.get("step_times", {}).items()} or None
         return ConsistencyGenerator(f, path, t_min=t_min, t_max=float(metadata["t_max"]), step_times=times,
-                                    rho=float(metadata.get("rho", 7.0)), sigma_data=sigma_data, event_shape=shape)
+                                    rho=float(metadata.get("rho", 7.0)), sigma_data=sigma_data, event_shape=shape,
+                                    spacing=metadata.get("spacing", "karras"))
     steps = metadata.get("supported_steps")
     return ReflowGenerator(model, path, metadata["prediction"], t_max=metadata.get("t_max"), t_min=metadata.get("t_min"),
                            supported_steps=steps, event_shape=shape)

@@ -892,6 +892,14 @@ class ConsistencyModule(DistillModule):
         curriculum_steps: ``K`` of the CM/iCT curricula (default: this run's total steps).
         t_min, t_max, rho: the time range (``t_min`` default ``max(path.t_min, t(σ/α = 0.002))``, EDM's
             σ_min) and the ρ of the grid.
+        student_parameterization: ``"residual"`` (CM's: the network is the boundary-conditioned
+            residual ``F`` on the scaled input) or ``"denoiser"`` (the network takes ``x_t`` and predicts
+            in the teacher's prediction kind; the consistency function blends ``x_t`` with its data
+            estimate, :class:`~flowgen.preconditioning.BoundaryConditioned`). With
+            ``init_from_teacher`` a denoiser student starts as the teacher's one-step denoiser.
+        spacing: the grid's spacing: ``"karras"`` (the ρ-schedule in ``σ̃``, CM's) or ``"uniform"`` in ``t``
+            (also ``"log_snr"``, ``"shifted"``; :func:`~flowgen.distill.consistency_grid`). On rectified-flow
+            teachers the uniform grid is the accurate one for the teacher's Heun steps.
         metric: ``"l2"`` or ``"pseudo_huber"`` (default: l2 for distillation, pseudo-Huber for training).
         weighting: ``"uniform"`` or ``"inverse_gap"`` (default: uniform / inverse_gap).
         index_distribution: ``"uniform"`` or ``"lognormal"`` (default: uniform / lognormal).
@@ -937,15 +945,17 @@ class ConsistencyModule(DistillModule):
                  path: Path | None = None, solver: str = "heun", curriculum: str = "constant", num_scales: int = 18,
                  ema_decay: float = 0.95, s0: int | None = None, s1: int | None = None, mu0: float = 0.9,
                  curriculum_steps: int | None = None, t_min: float | None = None, t_max: float | None = None,
-                 rho: float = 7.0, metric: str | None = None, weighting: str | None = None,
+                 rho: float = 7.0, spacing: str = "karras", metric: str | None = None, weighting: str | None = None,
                  index_distribution: str | None = None, p_mean: float = -1.1, p_std: float = 2.0,
                  sigma_data: float = 0.5, max_sample_steps: int = 4, sample_times: dict | None = None,
                  tune_sample_times: bool = False, tune_num: int = 2000, tune_candidates: int = 24,
                  tune_reference_steps: int = 32, tune_reference_method: str = "heun", tune_repeats: int = 1,
-                 tune_metric: str = "w2",
+                 tune_metric: str = "w2", student_parameterization: str = "residual",
                  total_steps: int | None = None, init_from_teacher: bool = False, **kwargs):
         if mode not in ("distillation", "training"):
             raise ValueError(f"mode must be 'distillation' or 'training', got {mode!r}")
+        if student_parameterization not in ("residual", "denoiser"):
+            raise ValueError(f"student_parameterization must be 'residual' or 'denoiser', got {student_parameterization!r}")
         if mode == "training" and teacher is None and student is None:
             raise ValueError("consistency training needs a student network (--model.init_args.student) or a teacher "
                              "checkpoint whose architecture and path to use")
@@ -972,7 +982,7 @@ class ConsistencyModule(DistillModule):
             floor = float(path.t_from_log_snr(torch.tensor([-2.0 * math.log(0.002)], dtype=torch.float64))[0])
             t_min = max(float(path.t_min), floor) if math.isfinite(floor) else float(path.t_min)
         self.loss_args = dict(
-            t_min=t_min, t_max=t_max, rho=rho,
+            t_min=t_min, t_max=t_max, rho=rho, spacing=spacing,
             metric=metric or ("l2" if mode == "distillation" else "pseudo_huber"),
             weighting=weighting or ("uniform" if mode == "distillation" else "inverse_gap"),
             index_distribution=index_distribution or ("uniform" if mode == "distillation" else "lognormal"),
@@ -994,7 +1004,11 @@ class ConsistencyModule(DistillModule):
         self.tune_metric = tune_metric
         self._recent: list[Tensor] = []
         self.distiller = self._make_distiller(self.total_steps_arg or 1000)
-        self.student = self.distiller.consistency_function(self._take_student())
+        if student_parameterization == "denoiser" and self.teacher_pred is None:
+            raise ValueError("student_parameterization='denoiser' predicts in the teacher's prediction kind: it needs a teacher")
+        self.student_parameterization = student_parameterization
+        net_prediction = self.teacher_pred if student_parameterization == "denoiser" else None
+        self.student = self.distiller.consistency_function(self._take_student(), net_prediction=net_prediction)
         self.target = _frozen(copy.deepcopy(self.student))
 
     def _make_curriculum(self, total: int):
@@ -1063,7 +1077,7 @@ class ConsistencyModule(DistillModule):
 
         d = self.distiller
         n = int(d.num_scales(max(self.total_steps() - 1, 0)))
-        grid = consistency_grid(n, self.flow_path, t_min=d.t_min, t_max=d.t_max, rho=d.rho)[1:-1].tolist()
+        grid = consistency_grid(n, self.flow_path, t_min=d.t_min, t_max=d.t_max, rho=d.rho, spacing=d.spacing)[1:-1].tolist()
         if len(grid) > self.tune_candidates:
             idx = torch.linspace(0, len(grid) - 1, self.tune_candidates).round().long().unique().tolist()
             grid = [grid[i] for i in idx]
@@ -1106,7 +1120,8 @@ class ConsistencyModule(DistillModule):
             for tau in [c for c in cand if c < best[-1]]:
                 trial = best + [tau]
                 gen = ConsistencyGenerator(self.student, self.flow_path, t_min=d.t_min, t_max=d.t_max,
-                                           step_times={k: trial}, rho=d.rho, sigma_data=d.sigma_data)
+                                           step_times={k: trial}, rho=d.rho, spacing=d.spacing,
+                                           sigma_data=d.sigma_data)
                 score = 0.0
                 for r, (noise, ref) in enumerate(draws):  # the same draws for every candidate
                     x = gen.sample(noise, steps=k, generator=torch.Generator().manual_seed(self.val_seed + k + 1000 * r))

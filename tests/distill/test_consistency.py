@@ -39,7 +39,7 @@ from flowgen.paths import EDM, RectifiedFlow
 from flowgen.testing import GaussianData
 from flowgen.testing import strategies as fst
 
-from _distill_helpers import F64, PATHS, ExactConsistency
+from _distill_helpers import F64, PATHS, ExactConsistency, RandomLinearTeacher
 
 
 # --- boundary condition ------------------------------------------------------------------------------
@@ -222,6 +222,29 @@ def test_lognormal_index_probabilities_are_lognormal_masses():
     mass = norm.cdf((torch.log(torch.tensor(sig)).numpy() + 1.1) / 2.0)
     want = (mass[:-1] - mass[1:]) / (mass[0] - mass[-1])
     torch.testing.assert_close(p, torch.tensor(want, dtype=F64), rtol=1e-9, atol=1e-12)
+
+
+def test_consistency_grid_spacing_uniform_in_t_and_draw_uses_it():
+    path = RectifiedFlow()
+    grid = consistency_grid(6, path, t_min=0.002, t_max=0.98, spacing="uniform")
+    torch.testing.assert_close(grid, torch.linspace(0.98, 0.002, 6, dtype=F64), rtol=0, atol=1e-12)
+    assert torch.equal(consistency_grid(6, path, t_min=0.002, t_max=0.98, spacing="karras"),
+                       consistency_grid(6, path, t_min=0.002, t_max=0.98))
+    log_snr = consistency_grid(5, path, t_min=0.01, t_max=0.98, spacing="log_snr")
+    gaps = torch.diff(path._log_snr(log_snr))
+    torch.testing.assert_close(gaps, gaps[:1].expand_as(gaps), rtol=1e-9, atol=0)  # equal log-SNR steps
+    cd = ConsistencyDistillation(RandomLinearTeacher(2, seed=0), path=path, teacher_prediction="velocity",
+                                 curriculum=ConstantCurriculum(9), t_min=0.002, t_max=0.98, spacing="uniform")
+    assert cd.spacing == "uniform" and cd.config()["spacing"] == "uniform"
+    t, s, _, _ = cd.draw(torch.randn(500, 2), 0, torch.Generator().manual_seed(0))
+    g32 = torch.linspace(0.98, 0.002, 9, dtype=F64).to(torch.float32)
+    j = (t[:, None] == g32[None, :]).nonzero()[:, 1]
+    assert j.numel() == 500 and torch.equal(s, g32[j + 1])
+    for bad in ("bogus", 3, None):
+        with pytest.raises(ValueError, match="spacing must be one of"):
+            consistency_grid(6, path, t_min=0.002, t_max=0.98, spacing=bad)
+        with pytest.raises(ValueError, match="spacing must be one of"):
+            ConsistencyTraining(path, total_steps=10, spacing=bad)
 
 
 def test_draw_gives_adjacent_grid_times_and_ict_weights():

@@ -78,6 +78,22 @@ def test_consistency_generator_one_and_multistep_and_rewraps_a_raw_net():
         ConsistencyGenerator(f, path, t_max=0.9, step_times={3: [0.9, 0.4]})
 
 
+def test_consistency_generator_default_times_follow_its_spacing_and_round_trip():
+    path = RectifiedFlow()
+    net = MLP(2, hidden=16, depth=2)
+    ct = ConsistencyTraining(path, total_steps=100, t_min=0.002, t_max=0.98, spacing="uniform")
+    gen = ct.student_generator(ct.consistency_function(net))
+    assert gen.spacing == "uniform"
+    for k in (1, 2, 4):
+        assert gen.step_times[k] == pytest.approx(torch.linspace(0.98, 0.002, k + 1, dtype=F64)[:-1].tolist(), abs=1e-12)
+    meta = json.loads(json.dumps(gen.to_metadata()))
+    assert meta["spacing"] == "uniform"
+    again = generator_from_metadata(net, meta)
+    assert again.spacing == "uniform" and again.step_times == gen.step_times
+    del meta["spacing"]  # metadata written before spacing existed: the rho-schedule
+    assert generator_from_metadata(net, meta).spacing == "karras"
+
+
 def test_reflow_generator_is_euler_with_any_steps():
     path = RectifiedFlow()
     gauss = GaussianData.random(2, generator=torch.Generator().manual_seed(2))

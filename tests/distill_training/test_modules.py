@@ -262,6 +262,12 @@ def test_multistep_candidates_are_training_grid_times_thinned_evenly(rf_teacher)
     assert len(cands) == 5 and all(c in grid for c in cands) and cands[0] == grid[0] and cands[-1] == grid[-1]
     assert ConsistencyModule(rf_teacher, num_scales=6, sigma_data=1.0)._tune_candidates_from_grid() == \
         consistency_grid(6, d.path, t_min=d.t_min, t_max=d.t_max, rho=d.rho)[1:-1].tolist()
+    u = ConsistencyModule(rf_teacher, num_scales=6, sigma_data=1.0, spacing="uniform")
+    assert u.distiller.spacing == "uniform" and u.distiller.config()["spacing"] == "uniform"
+    want = torch.linspace(u.distiller.t_max, u.distiller.t_min, 6, dtype=torch.float64)[1:-1].tolist()
+    assert u._tune_candidates_from_grid() == pytest.approx(want, abs=1e-12)
+    with pytest.raises(ValueError, match="spacing must be one of"):
+        ConsistencyModule(rf_teacher, num_scales=6, spacing="ρ")
 
 
 def test_consistency_time_search_scores_the_mean_over_independent_draws(rf_teacher):
@@ -388,3 +394,35 @@ def test_consistency_multistep_times_are_chosen_greedily_and_stored(rf_teacher, 
     meta = safe_load(tmp_path / "checkpoints" / "last.ckpt")["flowgen"]
     assert meta["generator"]["step_times"] == {str(k): v for k, v in times.items()}
     assert load_student(tmp_path / "checkpoints" / "last.ckpt").step_times == times
+
+
+@pytest.mark.parametrize("teacher_name", ["rf_teacher", "eps_teacher"])
+def test_denoiser_student_starts_as_the_teachers_one_step_denoiser_and_round_trips(teacher_name, request, tmp_path,
+                                                                                     trainer_factory):
+    from flowgen.parameterization import convert
+    from flowgen.preconditioning import consistency_coefficients
+
+    teacher_ckpt = request.getfixturevalue(teacher_name)
+    m = ConsistencyModule(teacher_ckpt, num_scales=6, sigma_data=1.0, init_from_teacher=True,
+                          student_parameterization="denoiser")
+    f, path = m.student, m.teacher_flow_path
+    assert f.net_prediction is m.teacher_pred
+    x = torch.randn(32, 2)
+    for tv in (m.distiller.t_min, 0.3, m.distiller.t_max):
+        t = torch.full((32,), tv)
+        data = convert(m.teacher(x, t), src=m.teacher_pred, dst="data", x_t=x, t=t, path=path)
+        c_skip = consistency_coefficients(path, t, t_min=m.distiller.t_min, sigma_data=1.0)[0][:, None].float()
+        with torch.no_grad():
+            got = f(x, t)
+        torch.testing.assert_close(got, c_skip * x + (1 - c_skip) * data, rtol=1e-5, atol=1e-5)
+        if tv == m.distiller.t_min:
+            assert torch.equal(got, x)  # the boundary condition holds exactly
+    pl.seed_everything(0, verbose=False)
+    trainer_factory(tmp_path, 3).fit(m, _data())
+    gen = load_student(tmp_path / "checkpoints" / "last.ckpt")
+    assert gen.model.net_prediction is m.teacher_pred
+    noise = torch.randn(16, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(gen.sample(noise, steps=1), m.generator().sample(noise, steps=1))
+    with pytest.raises(ValueError, match="student_parameterization must be 'residual' or 'denoiser'"):
+        ConsistencyModule(teacher_ckpt, num_scales=6, student_parameterization="eps")
