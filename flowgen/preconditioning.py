@@ -143,46 +143,23 @@ class EDMPreconditioned(nn.Module):
 class BoundaryConditioned(nn.Module):
     """Consistency function ``f(x_t, t) = c_skip x_t + c_out F(c_in x_t/α, t)`` with ``f(x, t_min) = x`` exactly.
 
-    With ``net_prediction`` set, ``F`` is instead a network of the teacher's kind: it takes the raw
-    ``x_t`` and predicts ``net_prediction`` (velocity, noise, v, data …), converted to a data estimate
-    ``D(x_t, t)``, and ``f(x_t, t) = c_skip x_t + (1 − c_skip) D(x_t, t)`` — still exactly ``x`` at
-    ``t_min`` (``c_skip = 1``) and ``≈ D`` for ``σ̃ ≫ σ_d``. A student started from the teacher's
-    weights is then at first the teacher's one-step denoiser, as a consistency model initialised
-    from a pre-trained EDM network is (Geng et al. 2024, "Consistency models made easy",
-    arXiv:2406.14548, Sec. 3).
-
     Args:
         net: raw network ``F(x, t[, cond])``.
         path: the path.
         t_min: the boundary time (usually ``path.t_min``).
         sigma_data: data standard deviation σ_d.
-        net_prediction: ``None`` (CM's residual ``F`` on the scaled input) or the prediction kind
-            of a teacher-style ``F``.
     """
 
-    def __init__(self, net: nn.Module, path: Path, *, t_min: float | None = None, sigma_data: float = 0.5,
-                 net_prediction=None):
+    def __init__(self, net: nn.Module, path: Path, *, t_min: float | None = None, sigma_data: float = 0.5):
         super().__init__()
         if not callable(net):
             raise TypeError(f"net must be callable as net(x, t[, cond]), got {type(net).__name__}")
         self.net, self.path, self.sigma_data = net, _check_path(path), check_positive(sigma_data, "sigma_data")
         self.t_min = _check_t_min(path.t_min if t_min is None else t_min)
-        if net_prediction is not None:
-            from .parameterization import Prediction
-
-            net_prediction = Prediction.parse(net_prediction, "net_prediction")
-        self.net_prediction = net_prediction
 
     def forward(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
         check_model_call(x_t, t)
         c_skip, c_out, _ = _consistency_coefficients(self.path, t, t_min=self.t_min, sigma_data=self.sigma_data)
-        if self.net_prediction is not None:
-            from .parameterization import Prediction, convert
-
-            data = convert(_call(self.net, x_t, t, cond), src=self.net_prediction, dst=Prediction.DATA, x_t=x_t, t=t,
-                           path=self.path)
-            skip = expand_like(c_skip, x_t)
-            return (skip * x_t + (1.0 - skip) * data).to(x_t.dtype)
         scaled = (expand_like(_input_scale(self.path, t, self.sigma_data), x_t) * x_t).to(x_t.dtype)
         out = _call(self.net, scaled, t, cond)
         return (expand_like(c_skip, x_t) * x_t + expand_like(c_out, x_t) * out).to(x_t.dtype)

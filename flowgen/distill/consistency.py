@@ -103,15 +103,13 @@ __all__ = [
 DEFAULT_SIGMA_MAX = 80.0
 
 
-def consistency_function(net: nn.Module, path: Path, *, t_min: float | None = None, sigma_data: float = 0.5,
-                         net_prediction=None) -> BoundaryConditioned:
+def consistency_function(net: nn.Module, path: Path, *, t_min: float | None = None, sigma_data: float = 0.5) -> BoundaryConditioned:
     """Wrap a raw network ``F(x, t[, cond])`` as a consistency function with ``f(x, t_min) = x`` exactly.
 
     Thin alias of :class:`~flowgen.preconditioning.BoundaryConditioned` (Song et al. 2023, Sec. 3,
-    Appendix C) so that every distiller builds the same parameterization. ``net_prediction``: see
-    :class:`~flowgen.preconditioning.BoundaryConditioned`.
+    Appendix C) so that every distiller builds the same parameterization.
     """
-    return BoundaryConditioned(net, path, t_min=t_min, sigma_data=sigma_data, net_prediction=net_prediction)
+    return BoundaryConditioned(net, path, t_min=t_min, sigma_data=sigma_data)
 
 
 def _ve_sigma(path: Path, t: Tensor) -> Tensor:
@@ -648,13 +646,9 @@ class _ConsistencyBase:
         ema_update_(target_net, student, mu)
         return mu
 
-    def consistency_function(self, net: nn.Module, *, net_prediction=None) -> BoundaryConditioned:
-        """Wrap a raw network as this distiller's consistency function (boundary at :attr:`t_min`).
-
-        ``net_prediction``: ``None`` (CM's residual network) or the prediction kind of a teacher-style
-        network (see :class:`~flowgen.preconditioning.BoundaryConditioned`).
-        """
-        return BoundaryConditioned(net, self.path, t_min=self.t_min, sigma_data=self.sigma_data, net_prediction=net_prediction)
+    def consistency_function(self, net: nn.Module) -> BoundaryConditioned:
+        """Wrap a raw network as this distiller's consistency function (boundary at :attr:`t_min`)."""
+        return BoundaryConditioned(net, self.path, t_min=self.t_min, sigma_data=self.sigma_data)
 
     def student_generator(self, f, **kwargs):
         """The trained consistency function as a :class:`~flowgen.distill.ConsistencyGenerator`."""

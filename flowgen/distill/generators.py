@@ -244,9 +244,7 @@ class ConsistencyGenerator(Generator):
                                   generator=generator)
 
     def _extra(self) -> dict:
-        net_prediction = getattr(self.model, "net_prediction", None)
         return {"t_min": self.t_min, "t_max": self.t_max, "rho": self.rho, "spacing": self.spacing, "sigma_data": self.sigma_data,
-                "net_prediction": None if net_prediction is None else net_prediction.value,
                 "step_times": {str(k): list(v) for k, v in self.step_times.items()}}
 
 
@@ -324,8 +322,7 @@ def generator_from_metadata(model, metadata: dict) -> Generator:
     if kind == "consistency":
         t_min = float(metadata["t_min"])
         sigma_data = float(metadata.get("sigma_data", 0.5))
-        f = model if isinstance(model, BoundaryConditioned) else BoundaryConditioned(
-            model, path, t_min=t_min, sigma_data=sigma_data, net_prediction=metadata.get("net_prediction"))
+        f = model if isinstance(model, BoundaryConditioned) else BoundaryConditioned(model, path, t_min=t_min, sigma_data=sigma_data)
         times = {int(k): v for k, v in metadata.get("step_times", {}).items()} or None
         return ConsistencyGenerator(f, path, t_min=t_min, t_max=float(metadata["t_max"]), step_times=times,
                                     rho=float(metadata.get("rho", 7.0)), sigma_data=sigma_data, event_shape=shape,

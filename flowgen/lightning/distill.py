@@ -892,11 +892,6 @@ class ConsistencyModule(DistillModule):
         curriculum_steps: ``K`` of the CM/iCT curricula (default: this run's total steps).
         t_min, t_max, rho: the time range (``t_min`` default ``max(path.t_min, t(σ/α = 0.002))``, EDM's
             σ_min) and the ρ of the grid.
-        student_parameterization: ``"residual"`` (CM's: the network is the boundary-conditioned
-            residual ``F`` on the scaled input) or ``"denoiser"`` (the network takes ``x_t`` and predicts
-            in the teacher's prediction kind; the consistency function blends ``x_t`` with its data
-            estimate, :class:`~flowgen.preconditioning.BoundaryConditioned`). With
-            ``init_from_teacher`` a denoiser student starts as the teacher's one-step denoiser.
         spacing: the grid's spacing: ``"karras"`` (the ρ-schedule in ``σ̃``, CM's) or ``"uniform"`` in ``t``
             (also ``"log_snr"``, ``"shifted"``; :func:`~flowgen.distill.consistency_grid`). On rectified-flow
             teachers the uniform grid is the accurate one for the teacher's Heun steps.
@@ -950,12 +945,10 @@ class ConsistencyModule(DistillModule):
                  sigma_data: float = 0.5, max_sample_steps: int = 4, sample_times: dict | None = None,
                  tune_sample_times: bool = False, tune_num: int = 2000, tune_candidates: int = 24,
                  tune_reference_steps: int = 32, tune_reference_method: str = "heun", tune_repeats: int = 1,
-                 tune_metric: str = "w2", student_parameterization: str = "residual",
+                 tune_metric: str = "w2",
                  total_steps: int | None = None, init_from_teacher: bool = False, **kwargs):
         if mode not in ("distillation", "training"):
             raise ValueError(f"mode must be 'distillation' or 'training', got {mode!r}")
-        if student_parameterization not in ("residual", "denoiser"):
-            raise ValueError(f"student_parameterization must be 'residual' or 'denoiser', got {student_parameterization!r}")
         if mode == "training" and teacher is None and student is None:
             raise ValueError("consistency training needs a student network (--model.init_args.student) or a teacher "
                              "checkpoint whose architecture and path to use")
@@ -1004,11 +997,7 @@ class ConsistencyModule(DistillModule):
         self.tune_metric = tune_metric
         self._recent: list[Tensor] = []
         self.distiller = self._make_distiller(self.total_steps_arg or 1000)
-        if student_parameterization == "denoiser" and self.teacher_pred is None:
-            raise ValueError("student_parameterization='denoiser' predicts in the teacher's prediction kind: it needs a teacher")
-        self.student_parameterization = student_parameterization
-        net_prediction = self.teacher_pred if student_parameterization == "denoiser" else None
-        self.student = self.distiller.consistency_function(self._take_student(), net_prediction=net_prediction)
+        self.student = self.distiller.consistency_function(self._take_student())
         self.target = _frozen(copy.deepcopy(self.student))
 
     def _make_curriculum(self, total: int):

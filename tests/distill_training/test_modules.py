@@ -395,34 +395,3 @@ def test_consistency_multistep_times_are_chosen_greedily_and_stored(rf_teacher, 
     assert meta["generator"]["step_times"] == {str(k): v for k, v in times.items()}
     assert load_student(tmp_path / "checkpoints" / "last.ckpt").step_times == times
 
-
-@pytest.mark.parametrize("teacher_name", ["rf_teacher", "eps_teacher"])
-def test_denoiser_student_starts_as_the_teachers_one_step_denoiser_and_round_trips(teacher_name, request, tmp_path,
-                                                                                     trainer_factory):
-    from flowgen.parameterization import convert
-    from flowgen.preconditioning import consistency_coefficients
-
-    teacher_ckpt = request.getfixturevalue(teacher_name)
-    m = ConsistencyModule(teacher_ckpt, num_scales=6, sigma_data=1.0, init_from_teacher=True,
-                          student_parameterization="denoiser")
-    f, path = m.student, m.teacher_flow_path
-    assert f.net_prediction is m.teacher_pred
-    x = torch.randn(32, 2)
-    for tv in (m.distiller.t_min, 0.3, m.distiller.t_max):
-        t = torch.full((32,), tv)
-        data = convert(m.teacher(x, t), src=m.teacher_pred, dst="data", x_t=x, t=t, path=path)
-        c_skip = consistency_coefficients(path, t, t_min=m.distiller.t_min, sigma_data=1.0)[0][:, None].float()
-        with torch.no_grad():
-            got = f(x, t)
-        torch.testing.assert_close(got, c_skip * x + (1 - c_skip) * data, rtol=1e-5, atol=1e-5)
-        if tv == m.distiller.t_min:
-            assert torch.equal(got, x)  # the boundary condition holds exactly
-    pl.seed_everything(0, verbose=False)
-    trainer_factory(tmp_path, 3).fit(m, _data())
-    gen = load_student(tmp_path / "checkpoints" / "last.ckpt")
-    assert gen.model.net_prediction is m.teacher_pred
-    noise = torch.randn(16, 2)
-    with torch.no_grad():
-        torch.testing.assert_close(gen.sample(noise, steps=1), m.generator().sample(noise, steps=1))
-    with pytest.raises(ValueError, match="student_parameterization must be 'residual' or 'denoiser'"):
-        ConsistencyModule(teacher_ckpt, num_scales=6, student_parameterization="eps")
