@@ -298,6 +298,8 @@ def markdown(summary: list[dict], results: list[dict], info: dict) -> str:
         lines += ["", f"Not measurable: on {', '.join(bad)} the teacher's dopri5 distance exceeds the floor by less "
                   f"than {MIN_EXCESS:g}× the floor for some seed (its excess is within finite-sample noise), so R_k's denominator is noise and no "
                   "target is judged there; compare the students' d and RMS instead."]
+    if info.get("note"):
+        lines += ["", info["note"]]
     lines += ["", f"Command: `{info['command']}`"]
     return "\n".join(lines) + "\n"
 
