@@ -7,7 +7,8 @@ the trajectory's point at ``t_min``; it satisfies ``f(x, t_min) = x`` exactly by
 
 **Time discretisation.** ``N`` times ``t_max = τ_0 > τ_1 > … > τ_{N−1} = t_min`` from EDM's
 ρ-schedule in ``σ̃`` (the samplers' :func:`~flowgen.samplers.karras_grid` with ``N − 1``
-steps). A training pair is an adjacent interval ``(t, s) = (τ_j, τ_{j+1})``, ``t > s``
+steps), or another spacing (``spacing="uniform"`` in ``t``, which suits rectified-flow paths;
+:func:`consistency_grid`). A training pair is an adjacent interval ``(t, s) = (τ_j, τ_{j+1})``, ``t > s``
 (the paper's ``(t_{n+1}, t_n)``).
 
 **Consistency distillation** (Song et al. 2023, Sec. 4, Definition 1 and Algorithm 2)::

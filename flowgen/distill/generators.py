@@ -192,7 +192,7 @@ class ConsistencyGenerator(Generator):
         t_min, t_max: the boundary time and the start time (defaults: ``f.t_min`` or
             ``path.t_min``, and :func:`~flowgen.distill.default_t_max`).
         step_times: ``{k: [τ_0, …, τ_{k−1}]}`` explicit times for each supported ``k``; by default
-            ``k`` times from the ρ-schedule in ``σ̃`` (``consistency_grid(k + 1)`` without its last point,
+            ``k`` times of the consistency grid (``consistency_grid(k + 1, spacing=spacing)`` without its last point,
             so ``τ_0 = t_max``) for ``k = 1 … max_steps``.
         max_steps: the largest default ``k`` (4).
         rho: ρ of the default times.
