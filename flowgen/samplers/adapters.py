@@ -116,7 +116,7 @@ class _Evaluator:
     With ``check_each`` it also refuses non-finite outputs at once (the diagnostic rerun).
     """
 
-    __slots__ = ("model", "cond", "cond2", "w", "nfe", "check_each", "shape", "dtype", "shape2")
+    __slots__ = ("model", "cond", "cond2", "w", "nfe", "check_each", "x_name", "shape", "dtype", "shape2")
 
     def __init__(self, model, *, cond=None, guidance_scale=None, null_cond=None, batch: int | None = None):
         if not callable(model):
@@ -124,6 +124,7 @@ class _Evaluator:
         self.model = model
         self.nfe = 0
         self.check_each = False
+        self.x_name = "x"  # the caller's argument the state starts from, named in the overflow error
         self.shape = None
         self.dtype = None
         self.shape2 = None
@@ -157,7 +158,8 @@ class _Evaluator:
         if self.check_each and not bool(torch.isfinite(x).all()):  # diagnostic rerun only: a state that overflowed
             raise ValueError(
                 f"the sampler state x given to the model at step {step} (t={t_float:.6g}) holds non-finite values: an update "
-                f"overflowed {x.dtype} before the model was called (give x in float32/float64, or use a finer grid)"
+                f"overflowed {x.dtype} before the model was called (check the scale of {self.x_name}, give it in "
+                f"float32/float64, or use a finer grid)"
             )
         if self.w is None:
             out = self.model(x, t) if self.cond is None else self.model(x, t, self.cond)

@@ -278,6 +278,7 @@ def _diagnose(model, path, x, prediction, method, grid, opts, *, cond, guidance_
         _restore_rng(generator, x.device, saved)
     ev = _Evaluator(model, cond=cond, guidance_scale=guidance_scale, null_cond=null_cond).bind(x)
     ev.check_each = True
+    ev.x_name = x_name
 
     def check_state(i, t, state):
         if not bool(torch.isfinite(state).all()):

@@ -147,6 +147,7 @@ def log_likelihood(model, path: Path, data: Tensor, *, prediction, method="dopri
     # likelihoods are not a hot loop (D backward passes per evaluation): check every model output, so a NaN is
     # reported with its evaluation and t instead of derailing the adaptive solver
     ev.check_each = True
+    ev.x_name = "data"
     if batch == 0:
         empty = torch.zeros(0, dtype=work, device=data.device)
         return LikelihoodResult(log_prob=empty, prior_log_prob=empty, delta=empty, latent=data.clone(), nfe=0)
