@@ -25,9 +25,9 @@ stride of the shared permutation.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import lightning.pytorch as pl
+from lightning.pytorch.plugins.precision import Precision
 import torch
 from torch import Tensor
 
@@ -41,12 +41,31 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
 class BatchRequest:
-    """A token standing for one batch; the data module turns it into tensors on the device."""
+    """A token standing for one batch; the data module turns it into tensors on the device.
 
-    split: str
-    index: int
+    A plain immutable object rather than a frozen dataclass: Lightning's precision plugins (FSDP,
+    ``bf16-true``, ``64-true``) walk each batch with ``apply_to_collection``, which refuses frozen
+    dataclasses. The tensors built from the token pass through the plugin afterwards.
+    """
+
+    __slots__ = ("split", "index")
+
+    def __init__(self, split: str, index: int):
+        object.__setattr__(self, "split", split)
+        object.__setattr__(self, "index", int(index))
+
+    def __setattr__(self, name, value):
+        raise AttributeError("BatchRequest is immutable")
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, BatchRequest) and (self.split, self.index) == (other.split, other.index)
+
+    def __hash__(self) -> int:
+        return hash((self.split, self.index))
+
+    def __repr__(self) -> str:
+        return f"BatchRequest(split={self.split!r}, index={self.index})"
 
 
 class _TokenStream:
@@ -136,9 +155,19 @@ class WholeBatchDataModule(pl.LightningDataModule):
             if batch.split == "train":
                 out = self._train_batch(device)
                 self._consumed += 1
-                return out
-            return self._val_batch(batch.index, device)
+            else:
+                out = self._val_batch(batch.index, device)
+            return self._convert_precision(out)
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def _convert_precision(self, batch):
+        """The precision plugin's input conversion (``bf16-true``, ``64-true``, FSDP…), which Lightning
+        applied to the token, before the tensors existed."""
+        trainer = getattr(self, "trainer", None)
+        plugin = getattr(trainer, "precision_plugin", None) if trainer is not None else None
+        if plugin is None or type(plugin).convert_input is Precision.convert_input:
+            return batch  # the default plugin leaves inputs as they are
+        return plugin.convert_input(batch)
 
     def _val_batch(self, index: int, device):
         key = str(device)

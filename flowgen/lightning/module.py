@@ -115,6 +115,23 @@ class LightHookNames:
             super().__setattr__(name, value)
 
 
+class _CastInputs(nn.Module):
+    """Sampling with half-precision weights (``precision="bf16-true"``/``"16-true"``): the sampler keeps
+    its state in float32 and each network call gets ``x`` in the weights' dtype, its output cast back."""
+
+    def __init__(self, net: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.net, self.dtype = net, dtype
+
+    @classmethod
+    def wrap(cls, net: nn.Module) -> nn.Module:
+        p = next(net.parameters(), None)
+        return cls(net, p.dtype) if p is not None and p.dtype in (torch.float16, torch.bfloat16) else net
+
+    def forward(self, x: Tensor, t: Tensor, *args, **kwargs) -> Tensor:
+        return self.net(x.to(self.dtype), t, *args, **kwargs).to(x.dtype)
+
+
 class FlowModule(LightHookNames, pl.LightningModule):
     """Train any flowgen objective on any network, with EMA, sampling validation and safe checkpoints.
 
@@ -284,15 +301,21 @@ class FlowModule(LightHookNames, pl.LightningModule):
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         return self.model(x_t, t) if cond is None else self.model(x_t, t, cond)
 
+    def _apply(self, fn, *args, **kwargs):
+        self._hot.pop("ema_pairs", None)  # .to()/.cuda()/.half() may replace the tensors the EMA step holds
+        return super()._apply(fn, *args, **kwargs)
+
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
+        # on CUDA the default Adam is the fused one: one kernel per step instead of a dozen foreach launches
+        fused = {"fused": True} if params and all(p.is_cuda and p.is_floating_point() for p in params) else {}
         if self.optimizer_factory is not None:
             opt = self.optimizer_factory(params)
         elif self.weight_decay > 0:
-            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, **fused)
         else:
-            opt = torch.optim.Adam(params, lr=self.lr)
+            opt = torch.optim.Adam(params, lr=self.lr, **fused)
         if self.lr_scheduler_factory is None:
             return opt
         sched = self.lr_scheduler_factory(opt)
@@ -325,9 +348,10 @@ class FlowModule(LightHookNames, pl.LightningModule):
                 return None
             data, labels, noise = item
         cond = self._cond(labels) if self.class_cond else None
+        objective = self._step_objective(data.device)
         # noise= only when prefetched, so objectives overriding compute(model, data, cond) keep working
-        out = self.objective.compute(self.model, data, cond) if noise is None else \
-            self.objective.compute(self.model, data, cond, noise=noise)
+        out = objective.compute(self.model, data, cond) if noise is None else \
+            objective.compute(self.model, data, cond, noise=noise)
         loss = out.loss
         detached = loss.detach()
         hot["skipped"] = False
@@ -351,10 +375,34 @@ class FlowModule(LightHookNames, pl.LightningModule):
         hot["loss_n"] += 1
         if self._should_log():
             self._check_deferred_nonfinite()
-            self.log("train/loss", hot["loss_sum"] / hot["loss_n"], on_step=True, on_epoch=False, prog_bar=True,
-                     batch_size=data.shape[0])
+            mean = hot["loss_sum"] / hot["loss_n"]
+            if isinstance(mean, Tensor):
+                # logged as a host tensor: Lightning reads progress-bar values back on *every* step,
+                # which for a device tensor is a synchronisation per step; here it is one per log step
+                mean = mean.detach().cpu()
+            self.log("train/loss", mean, on_step=True, on_epoch=False, prog_bar=True, batch_size=data.shape[0])
             hot["loss_sum"], hot["loss_n"] = None, 0
         return loss
+
+    def _step_objective(self, device: torch.device) -> Objective:
+        """The objective for a training step on ``device``.
+
+        On the CPU, the objective itself. On an accelerator, a copy with ``check_finite=False``: its
+        check reads the loss on the host, a device synchronisation per step. A non-finite loss is
+        still caught: :meth:`_track_nonfinite` records it on the device, and the run stops with
+        :class:`NonFiniteLossError` naming that step at the next log, checkpoint or validation,
+        before anything is written.
+        """
+        if device.type == "cpu" or not getattr(self.objective, "check_finite", False):
+            return self.objective
+        fast = self._hot.get("device_objective")
+        if fast is None or fast[0] is not self.objective:
+            import copy
+
+            clone = copy.copy(self.objective)
+            clone.check_finite = False
+            fast = self._hot["device_objective"] = (self.objective, clone)
+        return fast[1]
 
     def _advance_pairs(self, data: Tensor, labels: Tensor | None):
         """Queue the pairing of this batch; return the previous batch with its noise (``None`` at the start)."""
@@ -369,7 +417,7 @@ class FlowModule(LightHookNames, pl.LightningModule):
                 self._pair_gen_state = None
             else:
                 self._pair_gen.manual_seed(int(torch.randint(2**62, (1,))))
-        future = self._pair_pool.submit(self.objective.pair, data, self._pair_gen)
+        future = self._pair_pool.submit(self._step_objective(data.device).pair, data, self._pair_gen)
         previous, self._pending_pair = self._pending_pair, (data, labels, future)
         if previous is None:
             return None
@@ -446,8 +494,48 @@ class FlowModule(LightHookNames, pl.LightningModule):
                 else:
                     decay = ema_decay(s, update_after_step=ema.update_after_step, inv_gamma=ema.inv_gamma,
                                       power=ema.power, min_value=ema.min_value, beta=ema.beta)
-                    ema.update_moving_average(ema.ema_model, ema.model, current_decay=decay)
+                    pairs = self._ema_pairs()
+                    if pairs is None:
+                        ema.update_moving_average(ema.ema_model, ema.model, current_decay=decay)
+                    else:
+                        if pairs[0]:
+                            torch._foreach_copy_(pairs[0], pairs[1])
+                        if pairs[2]:
+                            torch._foreach_lerp_(pairs[2], pairs[3], 1.0 - decay)
         hot["ema_step"] = s + 1
+
+    def _ema_pairs(self):
+        """ema-pytorch's ``update_moving_average`` selection of ``(ema, online)`` tensors, made once.
+
+        ``(copy targets, copy sources, lerp targets, lerp sources)`` as ema-pytorch picks them
+        (named parameters and buffers it tracks, minus its ignored names; ``param_or_buffer_names_no_ema``
+        copied), so each step is its two foreach calls without walking the modules again. ``None``
+        (use ema-pytorch's own method) when its options move or cast tensors per step, or when a
+        sharding strategy may swap the parameters' storage.
+        """
+        hot, ema = self._hot, self.ema
+        cached = hot.get("ema_pairs")
+        if cached is not None:
+            return cached[0]
+        pairs = None
+        strategy = type(getattr(self._trainer, "strategy", None)).__name__ if self._trainer is not None else ""
+        if (ema.use_foreach and not ema.is_frozen and not ema.allow_different_devices and not ema.coerce_dtype
+                and not ema.move_ema_to_online_device and "FSDP" not in strategy and "DeepSpeed" not in strategy):
+            def tracked(model):
+                items = list(ema.get_params_iter(model)) + list(ema.get_buffers_iter(model))
+                return [(n, x) for n, x in items if n not in ema.ignore_names
+                        and not any(n.startswith(p) for p in ema.ignore_startswith_names)]
+
+            online, averaged = tracked(ema.model), tracked(ema.ema_model)
+            if [n for n, _ in online] == [n for n, _ in averaged]:
+                lists: tuple[list, list, list, list] = ([], [], [], [])
+                for (name, src), (_, tgt) in zip(online, averaged):
+                    k = 0 if name in ema.param_or_buffer_names_no_ema else 2
+                    lists[k].append(tgt.data)
+                    lists[k + 1].append(src.data)
+                pairs = lists
+        hot["ema_pairs"] = (pairs,)
+        return pairs
 
     # ------------------------------------------------------------------ hooks: fit / resume
     def on_train_start(self) -> None:
@@ -462,6 +550,7 @@ class FlowModule(LightHookNames, pl.LightningModule):
         if self.ema is not None:
             self._hot["ema_step"] = int(self.ema.step)
             self._hot["ema_initted"] = bool(self.ema.initted)
+        self._hot.pop("ema_pairs", None)
         self._step_dev = None
 
     def on_train_end(self) -> None:
@@ -520,6 +609,7 @@ class FlowModule(LightHookNames, pl.LightningModule):
         if meta.get("data_shape") is not None:
             self.data_shape = tuple(meta["data_shape"])
         self._hot["ema_step"] = None
+        self._hot.pop("ema_pairs", None)
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
@@ -617,10 +707,13 @@ class FlowModule(LightHookNames, pl.LightningModule):
         gen = None
         if generator_seed is not None:
             gen = torch.Generator(device=device).manual_seed(int(generator_seed))
-        noise = torch.randn((num, *self.data_shape), generator=gen, device=device)
         net = self.generator_model
+        weight = next(net.parameters(), None)  # float64 weights (precision="64-true") sample in float64
+        dtype = torch.float64 if weight is not None and weight.dtype == torch.float64 else torch.float32
+        noise = torch.randn((num, *self.data_shape), generator=gen, device=device, dtype=dtype)
         was_training = net.training
         net.eval()
+        model = _CastInputs.wrap(net)
         kwargs = {}
         if self.class_cond:
             k = self.num_classes or getattr(net, "num_classes", None)
@@ -636,7 +729,7 @@ class FlowModule(LightHookNames, pl.LightningModule):
         try:
             method = method or self.sample_method
             steps = default_steps(method, self.sample_steps) if steps == -1 else steps
-            result = sample(net, self.path, noise, prediction=self.prediction, method=method, steps=steps,
+            result = sample(model, self.path, noise, prediction=self.prediction, method=method, steps=steps,
                             generator=gen, **kwargs)
         finally:
             net.train(was_training)

@@ -100,9 +100,56 @@ def test_ema_update_schedule_matches_ema_pytorch_exactly(decay, warmup, every, p
                 p.add_(torch.randn_like(p))
         module._update_ema()
         ref.update()
+    assert module._hot["ema_pairs"][0] is not None  # the cached foreach lists did the averaging
     for a, b in zip(module.ema.ema_model.parameters(), ref.ema_model.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert int(module.ema.step) == int(ref.step) == 40
+
+
+def test_ema_cached_lists_follow_a_move_of_the_module():
+    module = small(ema_decay=0.5, ema_warmup_steps=0)
+    for _ in range(3):
+        module._update_ema()
+    assert module._hot["ema_pairs"][0] is not None
+    module.to(torch.float64)  # replaces every parameter tensor
+    assert "ema_pairs" not in module._hot
+    with torch.no_grad():
+        for p in module.model.parameters():
+            p.fill_(1.0)
+    for _ in range(60):
+        module._update_ema()
+    for p in module.ema.ema_model.parameters():
+        assert p.dtype == torch.float64
+        torch.testing.assert_close(p, torch.ones_like(p), rtol=0, atol=1e-9)  # averaged the moved weights
+
+
+def test_step_objective_skips_the_host_check_only_off_the_cpu():
+    objective = rectified_flow()
+    module = small(objective=objective)
+    assert module._step_objective(torch.device("cpu")) is objective
+    fast = module._step_objective(torch.device("cuda"))  # a device object only: nothing runs on it
+    assert fast is not objective and fast.check_finite is False and objective.check_finite is True
+    assert module._step_objective(torch.device("cuda")) is fast  # made once
+    assert fast.path is objective.path and fast.coupling is objective.coupling
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "64-true"])
+def test_whole_batch_data_follows_the_precision_plugin(tiny_trainer, precision):
+    """Lightning's precision plugins convert batches with apply_to_collection (which refuses frozen
+    dataclasses): the batch token passes, and the tensors built from it get the plugin's dtype."""
+    from flowgen.lightning.data import BatchRequest
+
+    assert not hasattr(BatchRequest("train", 0), "__dataclass_fields__")
+    pl.seed_everything(0, verbose=False)
+    module = small(val_num_samples=32, sample_steps=4)
+    seen = []
+    step = module.training_step
+    module.training_step = lambda batch, batch_idx=0: (seen.append(batch.dtype), step(batch, batch_idx))[1]
+    tiny_trainer(3, precision=precision, limit_val_batches=None, val_every=3).fit(module, ToyDataModule(batch_size=16, val_size=32))
+    want = torch.bfloat16 if precision == "bf16-true" else torch.float64
+    assert seen == [want] * 3
+    assert next(module.model.parameters()).dtype == want
+    assert module.last_samples is not None and bool(torch.isfinite(module.last_samples).all())
 
 
 def test_ema_decay_is_ema_pytorchs():
@@ -222,3 +269,23 @@ def test_prefetch_pairs_is_off_for_the_independent_coupling_and_checked():
     assert small(prefetch_pairs=True).prefetch_pairs is False
     with pytest.raises(ValueError, match="prefetch_pairs must be a bool"):
         small(prefetch_pairs="yes")
+
+
+@pytest.mark.gpu
+def test_cuda_training_uses_fused_adam_and_still_names_a_nonfinite_step(tiny_trainer):
+    pl.seed_everything(0, verbose=False)
+    module = small()
+    tiny_trainer(3, accelerator="gpu").fit(module, ToyDataModule(batch_size=16))
+    assert module.trainer.optimizers[0].param_groups[0]["fused"] is True  # (Lightning moves the module back to the CPU at the end)
+
+    bad = small()
+    step = bad.training_step
+
+    def poisoned(batch, batch_idx=0):
+        if bad.global_step == 2:
+            batch = batch * float("nan")
+        return step(batch, batch_idx)
+
+    bad.training_step = poisoned
+    with pytest.raises(NonFiniteLossError, match="global step 2"):
+        tiny_trainer(5, accelerator="gpu").fit(bad, ToyDataModule(batch_size=16))
