@@ -19,13 +19,21 @@ synchronised before and after.
 Training (``flowgen.nn.MLP(2)``, moons drawn on the device, Adam), per batch, ms per step over a
 window of steps after warm-up (device synchronised at both ends):
 
-* ``bare``: a hand-written rectified-flow loss and optimiser step;
+* ``bare``: a hand-written rectified-flow loss and optimiser step (``torch.optim.Adam``, its default
+  foreach implementation); ``bare_fused``: the same with ``Adam(fused=True)``, the optimiser
+  ``FlowModule`` uses on CUDA;
 * ``objective``: the same loop with ``flowgen.objectives.rectified_flow()``;
+* ``lightning_floor``: the bare loss in a minimal LightningModule, with flowgen's Trainer and
+  :class:`flowgen.lightning.ToyDataModule` — what Lightning's loop alone costs;
 * ``flowmodule`` / ``flowmodule_no_ema``: :class:`flowgen.lightning.FlowModule` under a Lightning
   ``Trainer`` with :class:`flowgen.lightning.ToyDataModule` (batches drawn on the device);
 * ``plain_lightning``: a plain LightningModule fed by a ``DataLoader`` over a CPU tensor dataset
   (the pattern the issue measured);
-* ``fm_independent`` / ``fm_sinkhorn`` / ``fm_exact_ot``: ``flow_matching(coupling=...)`` loops.
+* ``fm_independent`` / ``fm_sinkhorn`` / ``fm_exact_ot``: ``flow_matching(coupling=...)`` loops;
+  ``fm_sinkhorn_prefetch``: the Sinkhorn loop with :func:`flowgen.objectives.prefetch_pairs`
+  (pairing one batch ahead on a worker thread); exact OT only up to ``--exact-max-batch``;
+* ``flowmodule_independent`` / ``flowmodule_sinkhorn_prefetch``: ``FlowModule`` with those objectives
+  (``prefetch_pairs=True``).
 
 Writes ``benchmarks/results/gpu_overhead.json`` and ``.md`` (or ``--out``).
 """
@@ -149,18 +157,31 @@ def _data(batch, gen, dev):
     return sample_toy("moons", batch, generator=gen, device=dev)
 
 
-def _loop(step_fn, batch: int, steps: int, warm: int) -> float:
-    """ms per step of ``step_fn(data)`` over ``steps`` steps after ``warm`` warm-up steps."""
+def _loop(step_fn, batch: int, steps: int, warm: int, *, fused: bool = False, prefetch=None) -> float:
+    """ms per step of ``step_fn(model, data)`` over ``steps`` steps after ``warm`` warm-up steps.
+
+    With ``prefetch`` (an objective), batches are paired one ahead by ``prefetch_pairs`` and the
+    step is ``prefetch(model, data, noise=noise)``.
+    """
     from flowgen.nn import MLP as FlowMLP
+    from flowgen.objectives import prefetch_pairs
 
     dev = torch.device("cuda")
     torch.manual_seed(0)
     model = FlowMLP(2).to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, **({"fused": True} if fused else {}))
     gen = torch.Generator(device=dev).manual_seed(0)
+    pairs = None
+    if prefetch is not None:
+        stream = (_data(batch, gen, dev) for _ in range(warm + steps + 1))
+        pairs = iter(prefetch_pairs(prefetch, stream, generator=torch.Generator(device=dev).manual_seed(1)))
 
     def one():
-        loss = step_fn(model, _data(batch, gen, dev))
+        if pairs is not None:
+            data, noise = next(pairs)
+            loss = prefetch(model, data, noise=noise)
+        else:
+            loss = step_fn(model, _data(batch, gen, dev))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -222,15 +243,38 @@ def _lightning(module, data, steps: int, warm: int, **kw) -> float:
     return window.ms()
 
 
-def _flowmodule(batch, steps, warm, *, ema: bool) -> float:
+def _flowmodule(batch, steps, warm, *, ema: bool = True, objective=None, prefetch_pairs: bool = False) -> float:
     from flowgen.lightning import FlowModule, ToyDataModule
     from flowgen.nn import MLP as FlowMLP
     from flowgen.objectives import rectified_flow
 
     torch.manual_seed(0)
-    module = FlowModule(FlowMLP(2), rectified_flow(), lr=1e-3, ema=ema,
+    module = FlowModule(FlowMLP(2), objective or rectified_flow(), lr=1e-3, ema=ema, prefetch_pairs=prefetch_pairs,
                         model_spec={"class_path": "flowgen.nn.MLP", "init_args": {"dim": 2}})
     return _lightning(module, ToyDataModule("moons", batch_size=batch, val_size=16), steps, warm)
+
+
+def _lightning_floor(batch, steps, warm) -> float:
+    """The bare loss in a minimal LightningModule, with flowgen's Trainer and whole-batch device data."""
+    import lightning.pytorch as pl
+
+    from flowgen.lightning import ToyDataModule
+    from flowgen.lightning.module import LightHookNames
+    from flowgen.nn import MLP as FlowMLP
+
+    class Floor(LightHookNames, pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = FlowMLP(2)
+
+        def training_step(self, batch_, batch_idx):
+            return _bare_loss(self.model, batch_)
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.model.parameters(), lr=1e-3, fused=True)
+
+    torch.manual_seed(0)
+    return _lightning(Floor(), ToyDataModule("moons", batch_size=batch, val_size=16), steps, warm)
 
 
 def _plain_lightning(batch, steps, warm) -> float:
@@ -264,7 +308,7 @@ def _plain_lightning(batch, steps, warm) -> float:
     return window.ms()
 
 
-def time_training(batches, steps: int, warm: int, ot_steps: int) -> dict:
+def time_training(batches, steps: int, warm: int, ot_steps: int, exact_max_batch: int) -> dict:
     from flowgen.objectives import flow_matching, rectified_flow
 
     res = {}
@@ -274,16 +318,31 @@ def time_training(batches, steps: int, warm: int, ot_steps: int) -> dict:
         indep, sink, exact = (flow_matching(coupling=c) for c in ("independent", "sinkhorn", "ot"))
         # interleave the plain loops over two rounds, keep each one's faster round
         for _ in range(2):
-            for name, fn in (("bare", _bare_loss), ("objective", lambda m, d: rf(m, d)),
-                             ("fm_independent", lambda m, d: indep(m, d)), ("fm_sinkhorn", lambda m, d: sink(m, d))):
-                ms[name] = min(ms.get(name, float("inf")), _loop(fn, batch, steps, warm))
-        ms["fm_exact_ot"] = _loop(lambda m, d: exact(m, d), batch, ot_steps, 1)
-        ms["flowmodule"] = _flowmodule(batch, steps, warm, ema=True)
-        ms["flowmodule_no_ema"] = _flowmodule(batch, steps, warm, ema=False)
-        ms["plain_lightning"] = _plain_lightning(batch, steps, warm)
+            for name, fn, kw in (("bare", _bare_loss, {}), ("bare_fused", _bare_loss, {"fused": True}),
+                                 ("objective", lambda m, d: rf(m, d), {}),
+                                 ("fm_independent", lambda m, d: indep(m, d), {}), ("fm_sinkhorn", lambda m, d: sink(m, d), {}),
+                                 ("fm_sinkhorn_prefetch", None, {"prefetch": sink})):
+                ms[name] = min(ms.get(name, float("inf")), _loop(fn, batch, steps, warm, **kw))
+        if batch <= exact_max_batch:
+            ms["fm_exact_ot"] = _loop(lambda m, d: exact(m, d), batch, ot_steps, 1)
+        for name, run in (("lightning_floor", lambda: _lightning_floor(batch, steps, warm)),
+                          ("flowmodule", lambda: _flowmodule(batch, steps, warm)),
+                          ("flowmodule_no_ema", lambda: _flowmodule(batch, steps, warm, ema=False)),
+                          ("flowmodule_independent", lambda: _flowmodule(batch, steps, warm, objective=indep)),
+                          ("flowmodule_sinkhorn_prefetch",
+                           lambda: _flowmodule(batch, steps, warm, objective=sink, prefetch_pairs=True)),
+                          ("plain_lightning", lambda: _plain_lightning(batch, steps, warm))):
+            t0 = time.perf_counter()
+            ms[name] = run()
+            print(f"  {name} at batch {batch}: {ms[name]:.3f} ms/step ({time.perf_counter() - t0:.1f} s run)", flush=True)
+        ratios = {"sinkhorn": ms["fm_sinkhorn"] / ms["fm_independent"],
+                  "sinkhorn_prefetch": ms["fm_sinkhorn_prefetch"] / ms["fm_independent"],
+                  "flowmodule_sinkhorn_prefetch": ms["flowmodule_sinkhorn_prefetch"] / ms["flowmodule_independent"]}
+        if "fm_exact_ot" in ms:
+            ratios["exact_ot"] = ms["fm_exact_ot"] / ms["fm_independent"]
         res[str(batch)] = {"ms_per_step": ms, "vs_bare": {k: v / ms["bare"] for k, v in ms.items()},
-                           "ot_vs_independent": {"sinkhorn": ms["fm_sinkhorn"] / ms["fm_independent"],
-                                                 "exact_ot": ms["fm_exact_ot"] / ms["fm_independent"]}}
+                           "vs_bare_fused": {k: v / ms["bare_fused"] for k, v in ms.items()},
+                           "ot_vs_independent": ratios}
         print(f"training batch {batch}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items()), flush=True)
     return res
 
@@ -297,18 +356,27 @@ def markdown(r: dict) -> str:
              f"lightning {m['lightning']}.", "",
              f"## Sampling: {r['steps']} Euler steps of the 3×256 MLP, median ms per call ({r['rounds']} interleaved rounds)", "",
              "| batch | contender | ms | × captured floor | × bare eager | max abs diff to bare |", "|---|---|---|---|---|---|"]
+    if not r["sampling"]:
+        lines.append("| – | not run (`--skip-sampling`) | | | | |")
     for batch, s in r["sampling"].items():
         for k, v in s["ms"].items():
             lines.append(f"| {batch} | {k} | {v:.3f} | {s['vs_captured_floor'][k]:.2f} | {s['vs_bare'][k]:.2f} | "
                          f"{s['max_abs_diff_to_bare'][k]:.1e} |")
     lines += ["", f"## Training: ms per step ({r['train_steps']} steps after {r['warm']} warm-up; exact OT over "
-              f"{r['ot_steps']} steps)", "", "| batch | contender | ms/step | × bare |", "|---|---|---|---|"]
+              f"{r['ot_steps']} steps)", "", "| batch | contender | ms/step | × bare | × bare (fused Adam) |",
+              "|---|---|---|---|---|"]
     for batch, s in r["training"].items():
         for k, v in s["ms_per_step"].items():
-            lines.append(f"| {batch} | {k} | {v:.3f} | {s['vs_bare'][k]:.2f} |")
-    lines += ["", "OT-coupled step over the independent one: " + "; ".join(
-        f"batch {b}: Sinkhorn {s['ot_vs_independent']['sinkhorn']:.2f}×, exact {s['ot_vs_independent']['exact_ot']:.2f}×"
-        for b, s in r["training"].items()), "", f"Command: `{r['command']}`", ""]
+            lines.append(f"| {batch} | {k} | {v:.3f} | {s['vs_bare'][k]:.2f} | {s['vs_bare_fused'][k]:.2f} |")
+    names = {"sinkhorn": "Sinkhorn", "sinkhorn_prefetch": "Sinkhorn with prefetch_pairs",
+             "flowmodule_sinkhorn_prefetch": "FlowModule Sinkhorn (prefetch) over FlowModule independent",
+             "exact_ot": "exact"}
+    lines += ["", "OT-coupled step over the independent one:", ""]
+    for b, s in r["training"].items():
+        lines.append(f"- batch {b}: " + ", ".join(f"{names[k]} {v:.2f}×" for k, v in s["ot_vs_independent"].items()))
+    if r.get("notes"):
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in r["notes"]]
+    lines += ["", f"Command: `{r['command']}`", ""]
     return "\n".join(lines)
 
 
@@ -317,6 +385,9 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="few rounds and steps (smoke run)")
     p.add_argument("--out", default=str(HERE / "results"), help="results folder")
     p.add_argument("--skip-training", action="store_true")
+    p.add_argument("--skip-sampling", action="store_true")
+    p.add_argument("--exact-max-batch", type=int, default=1024,
+                   help="largest batch timed with exact OT (solved on the CPU: about 20 s per step at 4096)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu_overhead: no CUDA device; nothing to measure", file=sys.stderr)
@@ -330,9 +401,9 @@ def main(argv=None) -> int:
     rounds, steps = (5, 64) if args.quick else (40, 64)
     train_steps, warm, ot_steps = (30, 10, 2) if args.quick else (300, 30, 3)
     r = {"machine": machine_info(), "steps": steps, "rounds": rounds, "train_steps": train_steps, "warm": warm,
-         "ot_steps": ot_steps, "command": "python benchmarks/gpu_overhead.py" + (" --quick" if args.quick else "")}
-    r["sampling"] = time_sampling((64, 1024), steps, rounds)
-    r["training"] = {} if args.skip_training else time_training((256, 4096), train_steps, warm, ot_steps)
+         "ot_steps": ot_steps, "command": " ".join(["python benchmarks/gpu_overhead.py", *(sys.argv[1:] if argv is None else argv)])}
+    r["sampling"] = {} if args.skip_sampling else time_sampling((64, 1024), steps, rounds)
+    r["training"] = {} if args.skip_training else time_training((256, 4096), train_steps, warm, ot_steps, args.exact_max_batch)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "gpu_overhead.json"), "w") as fh:
         json.dump(r, fh, indent=2)
