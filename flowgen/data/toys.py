@@ -92,13 +92,21 @@ def moons(n: int, *, noise: float = 0.1, generator=None, dtype=torch.float32, de
     return _finish(pts, dtype, device)
 
 
-def _sample_mixture(mix: GaussianMixture, n, generator, dtype, device) -> Tensor:
+@lru_cache(maxsize=32)
+def _mixture_tensors(build, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """``(weights, Cholesky factors, means)`` of the built-in mixture ``build()`` on ``device``, made once
+    (on an accelerator each copy would be a host-to-device transfer per training batch)."""
+    mix = build()
+    return (mix.weights.to(device=device, dtype=dtype), torch.linalg.cholesky(mix.covs).to(device=device, dtype=dtype),
+            mix.means.to(device=device, dtype=dtype))
+
+
+def _sample_mixture(build, n, generator, dtype, device) -> Tensor:
     gdev, work = _setup(n, generator, dtype, device)
-    weights = mix.weights.to(device=gdev, dtype=work)
+    weights, chol, means = _mixture_tensors(build, torch.device(gdev), work)
     comp = torch.multinomial(weights, n, replacement=True, generator=generator) if n else torch.zeros(0, dtype=torch.long, device=gdev)
-    chol = torch.linalg.cholesky(mix.covs).to(device=gdev, dtype=work)
-    z = torch.randn(n, mix.dim, generator=generator, device=gdev, dtype=work)
-    x = mix.means.to(device=gdev, dtype=work)[comp] + (chol[comp] @ z[:, :, None])[:, :, 0]
+    z = torch.randn(n, means.shape[1], generator=generator, device=gdev, dtype=work)
+    x = means[comp] + (chol[comp] @ z[:, :, None])[:, :, 0]
     return _finish(x, dtype, device)
 
 
@@ -126,12 +134,12 @@ def _gmm_mixture() -> GaussianMixture:
 
 def eight_gaussians(n: int, *, generator=None, dtype=torch.float32, device=None) -> Tensor:
     """Equal mixture of 8 Gaussians (std 0.2) at radius 2, angles ``k·π/4``. Returns ``(n, 2)``."""
-    return _sample_mixture(_eight_gaussians_mixture(), n, generator, dtype, device)
+    return _sample_mixture(_eight_gaussians_mixture, n, generator, dtype, device)
 
 
 def gmm(n: int, *, generator=None, dtype=torch.float32, device=None) -> Tensor:
     """The fixed 5-component anisotropic Gaussian mixture of :func:`toy_density` ``("gmm")``. Returns ``(n, 2)``."""
-    return _sample_mixture(_gmm_mixture(), n, generator, dtype, device)
+    return _sample_mixture(_gmm_mixture, n, generator, dtype, device)
 
 
 def checkerboard(n: int, *, generator=None, dtype=torch.float32, device=None) -> Tensor:
