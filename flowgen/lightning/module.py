@@ -11,9 +11,10 @@
 
 Per-step overhead is kept small: the training loss is accumulated on the device and logged as a
 window mean only on the steps where Lightning writes logs; the EMA is stepped without any host
-read (its decay is computed on the host); non-finite losses are checked with one host read per step
-on the CPU and, on accelerators, recorded on the device and checked at log/checkpoint/validation
-time (the error still names the exact global step); with ``prefetch_pairs=True`` an OT coupling
+read (its decay is computed on the host) over tensor lists made once; non-finite losses are checked
+with one host read per step on the CPU and, on accelerators, recorded on the device and checked at
+log/checkpoint/validation time (the error still names the exact global step; the objective's own
+host-side check is skipped there for the same reason); with ``prefetch_pairs=True`` an OT coupling
 runs on a worker thread, one batch ahead.
 
 Checkpoints carry, besides Lightning's optimizer/scheduler/loop state: the EMA, the RNG states
@@ -139,7 +140,8 @@ class FlowModule(LightHookNames, pl.LightningModule):
         model: the network, ``model(x_t (B, *D), t (B,)[, cond (B,)]) → (B, *D)``.
         objective: a :class:`~flowgen.objectives.Objective` (path × prediction × time × weighting × coupling).
         optimizer: callable ``params → Optimizer`` (LightningCLI: ``class_path: torch.optim.AdamW``);
-            default Adam with ``lr``/``weight_decay`` (AdamW when ``weight_decay > 0``).
+            default Adam with ``lr``/``weight_decay`` (AdamW when ``weight_decay > 0``; the fused
+            implementation when the parameters are on CUDA).
         lr_scheduler: callable ``optimizer → LRScheduler``, stepped every optimizer step.
         lr, weight_decay: used when ``optimizer`` is not given.
         ema: keep an EMA of the weights (ema-pytorch) and sample/save with it.
