@@ -82,3 +82,15 @@ def test_likelihood_bad_input():
         log_likelihood(model, path, data, prediction="data", method="euler", t_min=0.01)
     with pytest.raises(ValueError, match="prior must be"):
         log_likelihood(model, path, data, prediction="data", prior="laplace", t_min=0.01)
+
+
+def test_likelihood_overflow_names_data():
+    """A state that overflows between model calls is reported naming the caller's argument (data)."""
+
+    class Huge(torch.nn.Module):
+        def forward(self, x, t):
+            return x * 0 + 3e38  # finite, but an RK4 update of it overflows float32
+
+    with pytest.raises(ValueError, match=r"overflowed torch.float32 .*scale of data"):
+        log_likelihood(Huge(), RectifiedFlow(), torch.zeros(2, 2), prediction="velocity", method="rk4", steps=4,
+                       t_min=0.01, t_max=0.99)
