@@ -611,7 +611,6 @@ class FlowModule(LightHookNames, pl.LightningModule):
         if meta.get("data_shape") is not None:
             self.data_shape = tuple(meta["data_shape"])
         self._hot["ema_step"] = None
-        self._hot.pop("ema_pairs", None)
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
