@@ -512,17 +512,20 @@ class FlowModule(LightHookNames, pl.LightningModule):
         ``(copy targets, copy sources, lerp targets, lerp sources)`` as ema-pytorch picks them
         (named parameters and buffers it tracks, minus its ignored names; ``param_or_buffer_names_no_ema``
         copied), so each step is its two foreach calls without walking the modules again. ``None``
-        (use ema-pytorch's own method) when its options move or cast tensors per step, or when a
-        sharding strategy may swap the parameters' storage.
+        (use ema-pytorch's own method) when its options move or cast tensors per step, or under any
+        strategy but a single device or plain DDP (a sharding one may swap the parameters' storage).
         """
         hot, ema = self._hot, self.ema
         cached = hot.get("ema_pairs")
         if cached is not None:
             return cached[0]
         pairs = None
-        strategy = type(getattr(self._trainer, "strategy", None)).__name__ if self._trainer is not None else ""
+        from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+        strategy = getattr(self._trainer, "strategy", None) if self._trainer is not None else None
+        unsharded = strategy is None or type(strategy) in (SingleDeviceStrategy, DDPStrategy)  # not DeepSpeed, a DDP subclass
         if (ema.use_foreach and not ema.is_frozen and not ema.allow_different_devices and not ema.coerce_dtype
-                and not ema.move_ema_to_online_device and "FSDP" not in strategy and "DeepSpeed" not in strategy):
+                and not ema.move_ema_to_online_device and unsharded):
             def tracked(model):
                 items = list(ema.get_params_iter(model)) + list(ema.get_buffers_iter(model))
                 return [(n, x) for n, x in items if n not in ema.ignore_names

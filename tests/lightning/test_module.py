@@ -289,3 +289,16 @@ def test_cuda_training_uses_fused_adam_and_still_names_a_nonfinite_step(tiny_tra
     bad.training_step = poisoned
     with pytest.raises(NonFiniteLossError, match="global step 2"):
         tiny_trainer(5, accelerator="gpu").fit(bad, ToyDataModule(batch_size=16))
+
+
+def test_ema_cached_lists_only_without_a_sharding_strategy(tiny_trainer):
+    from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
+
+    module = small(ema_decay=0.5, ema_warmup_steps=0)
+    for strategy, cached in ((SingleDeviceStrategy.__new__(SingleDeviceStrategy), True),
+                             (DDPStrategy.__new__(DDPStrategy), True),
+                             (DeepSpeedStrategy.__new__(DeepSpeedStrategy), False)):
+        module._hot.pop("ema_pairs", None)
+        module._trainer = type("T", (), {"strategy": strategy})()
+        assert (module._ema_pairs() is not None) is cached, type(strategy).__name__
+    module._trainer = None
