@@ -33,7 +33,15 @@ window of steps after warm-up (device synchronised at both ends):
   ``fm_sinkhorn_prefetch``: the Sinkhorn loop with :func:`flowgen.objectives.prefetch_pairs`
   (pairing one batch ahead on a worker thread); exact OT only up to ``--exact-max-batch``;
 * ``flowmodule_independent`` / ``flowmodule_sinkhorn_prefetch``: ``FlowModule`` with those objectives
-  (``prefetch_pairs=True``).
+  (``prefetch_pairs=True``);
+* ``bare_graph``: the bare loop with its step (loss, backward, fused Adam) captured once by
+  :class:`flowgen.lightning.graph.StepGraph` and replayed — the captured floor of training;
+* ``flowmodule_graph`` (+ ``_independent``, ``_sinkhorn_prefetch``): ``FlowModule(cuda_graph=True)``,
+  EMA, logging and Lightning's loop around the replayed step.
+
+With ``--digits``, also ``FlowModule`` with the digits teacher's U-Net (``recipes/rf_digits.yaml``:
+base 32 channels, mults [1, 2]) on :class:`flowgen.lightning.DigitsDataModule` (batch 128, drawn on
+the device), eager and with ``cuda_graph=True``.
 
 Writes ``benchmarks/results/gpu_overhead.json`` and ``.md`` (or ``--out``).
 """
@@ -196,6 +204,28 @@ def _loop(step_fn, batch: int, steps: int, warm: int, *, fused: bool = False, pr
     return 1000 * (time.perf_counter() - t0) / steps
 
 
+def _graph_loop(batch: int, steps: int, warm: int) -> float:
+    """ms per step of the bare loss with the whole step replayed as a CUDA graph (fresh data copied in)."""
+    from flowgen.lightning.graph import StepGraph, make_capturable
+    from flowgen.nn import MLP as FlowMLP
+
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    model = FlowMLP(2).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    make_capturable(opt)
+    graph = StepGraph(lambda d: _bare_loss(model, d), opt, list(model.parameters()))
+    gen = torch.Generator(device=dev).manual_seed(0)
+    for _ in range(warm):
+        graph(_data(batch, gen, dev))
+    _sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        graph(_data(batch, gen, dev))
+    _sync()
+    return 1000 * (time.perf_counter() - t0) / steps
+
+
 def _bare_loss(model, data):
     t = torch.rand(data.shape[0], device=data.device)
     noise = torch.randn_like(data)
@@ -243,15 +273,33 @@ def _lightning(module, data, steps: int, warm: int, **kw) -> float:
     return window.ms()
 
 
-def _flowmodule(batch, steps, warm, *, ema: bool = True, objective=None, prefetch_pairs: bool = False) -> float:
+def _flowmodule(batch, steps, warm, *, ema: bool = True, objective=None, prefetch_pairs: bool = False,
+                cuda_graph: bool = False) -> float:
     from flowgen.lightning import FlowModule, ToyDataModule
     from flowgen.nn import MLP as FlowMLP
     from flowgen.objectives import rectified_flow
 
     torch.manual_seed(0)
     module = FlowModule(FlowMLP(2), objective or rectified_flow(), lr=1e-3, ema=ema, prefetch_pairs=prefetch_pairs,
-                        model_spec={"class_path": "flowgen.nn.MLP", "init_args": {"dim": 2}})
+                        cuda_graph=cuda_graph, model_spec={"class_path": "flowgen.nn.MLP", "init_args": {"dim": 2}})
     return _lightning(module, ToyDataModule("moons", batch_size=batch, val_size=16), steps, warm)
+
+
+def time_digits(steps: int, warm: int) -> dict:
+    """FlowModule on the digits U-Net, eager and captured: ms per step."""
+    from flowgen.lightning import DigitsDataModule, FlowModule
+    from flowgen.nn import UNet
+    from flowgen.objectives import rectified_flow
+
+    spec = {"class_path": "flowgen.nn.UNet", "init_args": {"in_channels": 1, "base_channels": 32, "channel_mults": [1, 2]}}
+    out = {}
+    for name, graphed in (("flowmodule_unet", False), ("flowmodule_unet_graph", True)):
+        torch.manual_seed(0)
+        module = FlowModule(UNet(**spec["init_args"]), rectified_flow(), lr=5e-4, ema_decay=0.999, cuda_graph=graphed,
+                            model_spec=spec)
+        out[name] = _lightning(module, DigitsDataModule(batch_size=128, on_device=True, labels=False), steps, warm)
+        print(f"  {name}: {out[name]:.3f} ms/step", flush=True)
+    return {"ms_per_step": out, "speedup": out["flowmodule_unet"] / out["flowmodule_unet_graph"]}
 
 
 def _lightning_floor(batch, steps, warm) -> float:
@@ -311,7 +359,7 @@ def _plain_lightning(batch, steps, warm) -> float:
 def time_training(batches, steps: int, warm: int, ot_steps: int, exact_max_batch: int) -> dict:
     from flowgen.objectives import flow_matching, rectified_flow
 
-    res = {}
+    res, errors = {}, {}
     for batch in batches:
         ms = {}
         rf = rectified_flow()
@@ -323,6 +371,7 @@ def time_training(batches, steps: int, warm: int, ot_steps: int, exact_max_batch
                                  ("fm_independent", lambda m, d: indep(m, d), {}), ("fm_sinkhorn", lambda m, d: sink(m, d), {}),
                                  ("fm_sinkhorn_prefetch", None, {"prefetch": sink})):
                 ms[name] = min(ms.get(name, float("inf")), _loop(fn, batch, steps, warm, **kw))
+        ms["bare_graph"] = _graph_loop(batch, steps, warm)
         if batch <= exact_max_batch:
             ms["fm_exact_ot"] = _loop(lambda m, d: exact(m, d), batch, ot_steps, 1)
         for name, run in (("lightning_floor", lambda: _lightning_floor(batch, steps, warm)),
@@ -331,19 +380,32 @@ def time_training(batches, steps: int, warm: int, ot_steps: int, exact_max_batch
                           ("flowmodule_independent", lambda: _flowmodule(batch, steps, warm, objective=indep)),
                           ("flowmodule_sinkhorn_prefetch",
                            lambda: _flowmodule(batch, steps, warm, objective=sink, prefetch_pairs=True)),
+                          ("flowmodule_graph", lambda: _flowmodule(batch, steps, warm, cuda_graph=True)),
+                          ("flowmodule_graph_independent",
+                           lambda: _flowmodule(batch, steps, warm, objective=indep, cuda_graph=True)),
+                          ("flowmodule_graph_sinkhorn_prefetch",
+                           lambda: _flowmodule(batch, steps, warm, objective=sink, prefetch_pairs=True, cuda_graph=True)),
                           ("plain_lightning", lambda: _plain_lightning(batch, steps, warm))):
             t0 = time.perf_counter()
-            ms[name] = run()
+            try:
+                ms[name] = run()
+            except Exception as err:  # noqa: BLE001 — recorded in the results, the other contenders still run
+                ms[name] = float("nan")
+                errors[f"{name} at batch {batch}"] = f"{type(err).__name__}: {err}"
             print(f"  {name} at batch {batch}: {ms[name]:.3f} ms/step ({time.perf_counter() - t0:.1f} s run)", flush=True)
         ratios = {"sinkhorn": ms["fm_sinkhorn"] / ms["fm_independent"],
                   "sinkhorn_prefetch": ms["fm_sinkhorn_prefetch"] / ms["fm_independent"],
-                  "flowmodule_sinkhorn_prefetch": ms["flowmodule_sinkhorn_prefetch"] / ms["flowmodule_independent"]}
+                  "flowmodule_sinkhorn_prefetch": ms["flowmodule_sinkhorn_prefetch"] / ms["flowmodule_independent"],
+                  "flowmodule_graph_sinkhorn_prefetch":
+                      ms["flowmodule_graph_sinkhorn_prefetch"] / ms["flowmodule_graph_independent"]}
         if "fm_exact_ot" in ms:
             ratios["exact_ot"] = ms["fm_exact_ot"] / ms["fm_independent"]
         res[str(batch)] = {"ms_per_step": ms, "vs_bare": {k: v / ms["bare"] for k, v in ms.items()},
                            "vs_bare_fused": {k: v / ms["bare_fused"] for k, v in ms.items()},
                            "ot_vs_independent": ratios}
         print(f"training batch {batch}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items()), flush=True)
+    if errors:
+        res["errors"] = errors
     return res
 
 
@@ -366,18 +428,41 @@ def markdown(r: dict) -> str:
               f"{r['ot_steps']} steps)", "", "| batch | contender | ms/step | × bare | × bare (fused Adam) |",
               "|---|---|---|---|---|"]
     for batch, s in r["training"].items():
+        if batch == "errors":
+            continue
         for k, v in s["ms_per_step"].items():
             lines.append(f"| {batch} | {k} | {v:.3f} | {s['vs_bare'][k]:.2f} | {s['vs_bare_fused'][k]:.2f} |")
     names = {"sinkhorn": "Sinkhorn", "sinkhorn_prefetch": "Sinkhorn with prefetch_pairs",
              "flowmodule_sinkhorn_prefetch": "FlowModule Sinkhorn (prefetch) over FlowModule independent",
+             "flowmodule_graph_sinkhorn_prefetch": "the same with cuda_graph=True",
              "exact_ot": "exact"}
     lines += ["", "OT-coupled step over the independent one:", ""]
     for b, s in r["training"].items():
+        if b == "errors":
+            lines += [f"- **failed**: {k}: {v}" for k, v in s.items()]
+            continue
         lines.append(f"- batch {b}: " + ", ".join(f"{names[k]} {v:.2f}×" for k, v in s["ot_vs_independent"].items()))
+    if r.get("digits"):
+        d = r["digits"]["ms_per_step"]
+        lines += ["", "Digits U-Net teacher (batch 128, `FlowModule`, EMA): "
+                  f"eager {d['flowmodule_unet']:.3f} ms/step, `cuda_graph=True` {d['flowmodule_unet_graph']:.3f} ms/step "
+                  f"({r['digits']['speedup']:.2f}× faster)."]
     if r.get("notes"):
         lines += ["", "Notes:", ""] + [f"- {n}" for n in r["notes"]]
     lines += ["", f"Command: `{r['command']}`", ""]
     return "\n".join(lines)
+
+
+def _without_notes(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--note":
+            skip = True
+        elif not a.startswith("--note="):
+            out.append(a)
+    return out
 
 
 def main(argv=None) -> int:
@@ -388,6 +473,8 @@ def main(argv=None) -> int:
     p.add_argument("--skip-sampling", action="store_true")
     p.add_argument("--exact-max-batch", type=int, default=1024,
                    help="largest batch timed with exact OT (solved on the CPU: about 20 s per step at 4096)")
+    p.add_argument("--digits", action="store_true", help="also time FlowModule on the digits U-Net, eager and captured")
+    p.add_argument("--note", action="append", default=[], help="a note saved with the results (repeatable)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu_overhead: no CUDA device; nothing to measure", file=sys.stderr)
@@ -401,9 +488,11 @@ def main(argv=None) -> int:
     rounds, steps = (5, 64) if args.quick else (40, 64)
     train_steps, warm, ot_steps = (30, 10, 2) if args.quick else (300, 30, 3)
     r = {"machine": machine_info(), "steps": steps, "rounds": rounds, "train_steps": train_steps, "warm": warm,
-         "ot_steps": ot_steps, "command": " ".join(["python benchmarks/gpu_overhead.py", *(sys.argv[1:] if argv is None else argv)])}
+         "ot_steps": ot_steps, "notes": list(args.note), "command": " ".join(["python benchmarks/gpu_overhead.py", *_without_notes(sys.argv[1:] if argv is None else argv)])}
     r["sampling"] = {} if args.skip_sampling else time_sampling((64, 1024), steps, rounds)
     r["training"] = {} if args.skip_training else time_training((256, 4096), train_steps, warm, ot_steps, args.exact_max_batch)
+    if args.digits:
+        r["digits"] = time_digits(train_steps, warm)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "gpu_overhead.json"), "w") as fh:
         json.dump(r, fh, indent=2)

@@ -165,6 +165,14 @@ class FlowModule(LightHookNames, pl.LightningModule):
             pairing generator are saved in checkpoints, so a resumed run continues exactly.
         skip_nonfinite: skip (and count) batches whose loss is NaN/Inf instead of stopping with
             :class:`NonFiniteLossError`.
+        cuda_graph: on one CUDA device, capture the whole training step (forward, backward, gradient
+            clipping, optimizer step) as a CUDA graph after 3 eager steps and replay it
+            (:class:`flowgen.lightning.graph.StepGraph`): one launch instead of hundreds, for small
+            models whose steps are bound by the host. The EMA, logging and validation run as usual; an
+            OT coupling pairs each batch before the replay. Needs a capturable optimizer (the default
+            Adam is made one), full-precision or ``*-true`` precision, no gradient accumulation, and
+            ``skip_nonfinite=False``; ``on_before_optimizer_step`` hooks do not run (the step is replayed
+            inside ``training_step``).
         model_spec: ``{"class_path", "init_args"}`` of ``model`` for the checkpoint metadata; taken
             from the LightningCLI config when run by the CLI, else read back from the model's attributes.
 
@@ -196,6 +204,7 @@ class FlowModule(LightHookNames, pl.LightningModule):
         guidance_scale: float | None = None,
         prefetch_pairs: bool = False,
         skip_nonfinite: bool = False,
+        cuda_graph: bool = False,
         model_spec: dict | None = None,
     ):
         super().__init__()
@@ -258,6 +267,14 @@ class FlowModule(LightHookNames, pl.LightningModule):
         self.val_num_samples, self.val_metrics, self.val_seed = val_num_samples, val_metrics, int(val_seed)
         self.class_cond, self.cond_drop_prob, self.guidance_scale = bool(class_cond), float(cond_drop_prob), guidance_scale
         self.skip_nonfinite = bool(skip_nonfinite)
+        if not isinstance(cuda_graph, bool):
+            raise ValueError(f"cuda_graph must be a bool, got {cuda_graph!r}")
+        if cuda_graph and self.skip_nonfinite:
+            raise ValueError("cuda_graph=True cannot skip non-finite batches (the captured step cannot branch on the "
+                             "loss); set skip_nonfinite=False")
+        self.cuda_graph = cuda_graph
+        #: after a ``cuda_graph=True`` fit: its steps, how many ran eagerly (warm-up, odd shapes), whether it captured
+        self.graph_stats: dict | None = None
         if not isinstance(prefetch_pairs, bool):
             raise ValueError(f"prefetch_pairs must be a bool, got {prefetch_pairs!r}")
         self.prefetch_pairs = prefetch_pairs and not isinstance(objective.coupling, IndependentCoupling)
@@ -305,6 +322,7 @@ class FlowModule(LightHookNames, pl.LightningModule):
 
     def _apply(self, fn, *args, **kwargs):
         self._hot.pop("ema_pairs", None)  # .to()/.cuda()/.half() may replace the tensors the EMA step holds
+        self._hot.pop("graph", None)  # and those a captured step reads
         return super()._apply(fn, *args, **kwargs)
 
     # ------------------------------------------------------------------ optimisation
@@ -349,13 +367,24 @@ class FlowModule(LightHookNames, pl.LightningModule):
                 hot["skipped"] = True
                 return None
             data, labels, noise = item
-        cond = self._cond(labels) if self.class_cond else None
-        objective = self._step_objective(data.device)
-        # noise= only when prefetched, so objectives overriding compute(model, data, cond) keep working
-        out = objective.compute(self.model, data, cond) if noise is None else \
-            objective.compute(self.model, data, cond, noise=noise)
-        loss = out.loss
-        detached = loss.detach()
+        graph = hot.get("graph")
+        if graph is not None:
+            if noise is None and not isinstance(self.objective.coupling, IndependentCoupling):
+                noise = self._step_objective(data.device).pair(data)  # the coupling runs eagerly, before the replay
+            loss = None  # forward, backward and the optimizer step are the replay; Lightning has nothing to do
+            if graph.captures_next:
+                self._resolve_pending_pair()  # the worker thread is idle while the step is captured
+            detached = graph(data, labels if self.class_cond else None, noise)
+            if hot["loss_sum"] is None:
+                detached = detached.clone()  # the replay's output buffer is overwritten by the next replay
+        else:
+            cond = self._cond(labels) if self.class_cond else None
+            objective = self._step_objective(data.device)
+            # noise= only when prefetched, so objectives overriding compute(model, data, cond) keep working
+            out = objective.compute(self.model, data, cond) if noise is None else \
+                objective.compute(self.model, data, cond, noise=noise)
+            loss = out.loss
+            detached = loss.detach()
         hot["skipped"] = False
         if detached.device.type == "cpu":  # a host read is free here: check and accumulate on the host
             value = detached.item()
@@ -466,10 +495,65 @@ class FlowModule(LightHookNames, pl.LightningModule):
             f"check the data for NaN/Inf, or set skip_nonfinite=True (--model.skip_nonfinite true) to skip such batches"
         )
 
-    def optimizer_step(self, *args, **kwargs):
-        super().optimizer_step(*args, **kwargs)
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        if self._hot.get("graph") is not None:
+            # training_step (inside the closure) replays the captured step, optimizer step included
+            if not self._hot.get("graph_warned"):
+                self._hot["graph_warned"] = True
+                with warnings.catch_warnings():  # Lightning's one-off note that training_step returned None
+                    warnings.filterwarnings("ignore", message=".*training_step.* returned .*None")
+                    optimizer_closure()
+            else:
+                optimizer_closure()
+        else:
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         if self.ema is not None and not self._hot["skipped"]:
             self._update_ema()
+
+    def optimizer_zero_grad(self, epoch, batch_idx, optimizer):
+        if self._hot.get("graph") is None:  # a captured step overwrites its gradient buffers itself
+            super().optimizer_zero_grad(epoch, batch_idx, optimizer)
+
+    def _setup_graph(self) -> None:
+        """Check that this run can capture its step, prepare the optimizer, and create the :class:`StepGraph`."""
+        from lightning.pytorch.plugins.precision import DoublePrecision, HalfPrecision, Precision
+        from lightning.pytorch.strategies import SingleDeviceStrategy
+
+        from .graph import StepGraph, make_capturable
+
+        trainer = self.trainer
+        device = trainer.strategy.root_device
+        if device.type != "cuda" or type(trainer.strategy) is not SingleDeviceStrategy:
+            raise ValueError(f"cuda_graph=True needs training on one CUDA device; this run uses "
+                             f"{type(trainer.strategy).__name__} on {device} (set cuda_graph=False: --model.cuda_graph false)")
+        if type(trainer.precision_plugin) not in (Precision, HalfPrecision, DoublePrecision):
+            raise ValueError(f"cuda_graph=True supports the 32-true, 64-true, bf16-true and 16-true precisions, not "
+                             f"{trainer.precision!r} (mixed precision's autocast cache and loss scaling cannot be captured)")
+        if trainer.accumulate_grad_batches != 1:
+            raise ValueError(f"cuda_graph=True needs accumulate_grad_batches=1, got {trainer.accumulate_grad_batches}")
+        if len(trainer.optimizers) != 1:
+            raise ValueError(f"cuda_graph=True needs one optimizer, got {len(trainer.optimizers)}")
+        optimizer = trainer.optimizers[0]
+        make_capturable(optimizer)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        clip = None
+        if trainer.gradient_clip_val:
+            value, algorithm = float(trainer.gradient_clip_val), trainer.gradient_clip_algorithm or "norm"
+            if algorithm == "norm":
+                def clip(grads_of):
+                    torch.nn.utils.clip_grad_norm_(grads_of, value, foreach=True)
+            else:
+                def clip(grads_of):
+                    torch.nn.utils.clip_grad_value_(grads_of, value, foreach=True)
+
+        def loss_fn(data, labels, noise):
+            objective = self._step_objective(data.device)
+            cond = self._cond(labels) if self.class_cond else None
+            out = objective.compute(self.model, data, cond) if noise is None else \
+                objective.compute(self.model, data, cond, noise=noise)
+            return out.loss
+
+        self._hot["graph"] = StepGraph(loss_fn, optimizer, params, clip=clip, warmup=3)
 
     def _update_ema(self) -> None:
         """ema-pytorch's ``update()`` without its host reads.
@@ -557,8 +641,14 @@ class FlowModule(LightHookNames, pl.LightningModule):
             self._hot["ema_initted"] = bool(self.ema.initted)
         self._hot.pop("ema_pairs", None)
         self._step_dev = None
+        self._hot.pop("graph", None)
+        if self.cuda_graph:
+            self._setup_graph()
 
     def on_train_end(self) -> None:
+        graph = self._hot.pop("graph", None)
+        if graph is not None:
+            self.graph_stats = {"steps": graph.calls, "eager_steps": graph.eager_calls, "captured": graph.graph is not None}
         self._stop_pairing()
         self._check_deferred_nonfinite()
 
@@ -598,6 +688,14 @@ class FlowModule(LightHookNames, pl.LightningModule):
                 "generator": self._pair_gen.get_state() if self._pair_gen is not None else self._pair_gen_state,
             }
         self._check_deferred_nonfinite()
+        if self.cuda_graph:  # the captured step's tensor learning rates, saved as numbers (loadable anywhere)
+            from .graph import portable_optimizer_state
+
+            for state in checkpoint.get("optimizer_states", []):
+                portable_optimizer_state(state)
+            for state in checkpoint.get("lr_schedulers", []):
+                if isinstance(state, dict) and "_last_lr" in state:
+                    state["_last_lr"] = [float(v) if isinstance(v, Tensor) else v for v in state["_last_lr"]]
         meta = self.metadata()
         meta["rng"] = capture_rng_state()
         checkpoint[METADATA_KEY] = meta
