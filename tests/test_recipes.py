@@ -76,3 +76,22 @@ def test_resume_from_last_checkpoint_via_the_cli_matches_an_uninterrupted_run(tm
     assert a["global_step"] == b["global_step"] == 6
     for k, v in a["state_dict"].items():
         assert torch.equal(v, b["state_dict"][k]), k
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("recipe", RECIPES, ids=[os.path.basename(r) for r in RECIPES])
+def test_every_teacher_recipe_captures_its_step_on_a_gpu(recipe, tmp_path):
+    """``cuda_graph: auto`` captures each recipe's step on one GPU (a capture failure would raise)."""
+    extra = []
+    if "tensorfile" in recipe:
+        import numpy as np
+
+        np.save(tmp_path / "data.npy", np.random.default_rng(0).normal(size=(512, 2)).astype("float32"))
+        extra = ["--data.init_args.path", str(tmp_path / "data.npy")]
+    cli = run_lightning_cli(["fit", "--config", recipe, "--trainer.default_root_dir", str(tmp_path),
+                             "--trainer.max_steps", "6", "--trainer.accelerator", "gpu", "--trainer.logger", "false",
+                             "--trainer.enable_progress_bar", "false", "--trainer.val_check_interval", "1000000",
+                             "--trainer.limit_val_batches", "0", "--data.init_args.batch_size", "32", *extra])
+    assert cli.trainer.global_step == 6
+    stats = cli.model.graph_stats  # (with prefetch_pairs the first step only starts the pairing pipeline)
+    assert stats["captured"] and stats["eager_steps"] == 3 and stats["steps"] == 6 - int(cli.model.prefetch_pairs)

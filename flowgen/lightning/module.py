@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -172,7 +172,10 @@ class FlowModule(LightHookNames, pl.LightningModule):
             OT coupling pairs each batch before the replay. Needs a capturable optimizer (the default
             Adam is made one), full-precision or ``*-true`` precision, no gradient accumulation, and
             ``skip_nonfinite=False``; ``on_before_optimizer_step`` hooks do not run (the step is replayed
-            inside ``training_step``).
+            inside ``training_step``). ``True`` refuses a run that cannot capture (on the CPU, under
+            DDP/FSDP, mixed precision, ...) with an error saying why; ``"auto"`` captures when the run
+            can and trains eagerly otherwise (what the recipes use). The step must be a pure function
+            of its inputs: a model with Python-side state that changes per call would be frozen.
         model_spec: ``{"class_path", "init_args"}`` of ``model`` for the checkpoint metadata; taken
             from the LightningCLI config when run by the CLI, else read back from the model's attributes.
 
@@ -204,7 +207,7 @@ class FlowModule(LightHookNames, pl.LightningModule):
         guidance_scale: float | None = None,
         prefetch_pairs: bool = False,
         skip_nonfinite: bool = False,
-        cuda_graph: bool = False,
+        cuda_graph: bool | Literal["auto"] = False,
         model_spec: dict | None = None,
     ):
         super().__init__()
@@ -267,9 +270,9 @@ class FlowModule(LightHookNames, pl.LightningModule):
         self.val_num_samples, self.val_metrics, self.val_seed = val_num_samples, val_metrics, int(val_seed)
         self.class_cond, self.cond_drop_prob, self.guidance_scale = bool(class_cond), float(cond_drop_prob), guidance_scale
         self.skip_nonfinite = bool(skip_nonfinite)
-        if not isinstance(cuda_graph, bool):
-            raise ValueError(f"cuda_graph must be a bool, got {cuda_graph!r}")
-        if cuda_graph and self.skip_nonfinite:
+        if not isinstance(cuda_graph, bool) and cuda_graph != "auto":
+            raise ValueError(f"cuda_graph must be a bool or 'auto', got {cuda_graph!r}")
+        if cuda_graph is True and self.skip_nonfinite:
             raise ValueError("cuda_graph=True cannot skip non-finite batches (the captured step cannot branch on the "
                              "loss); set skip_nonfinite=False")
         self.cuda_graph = cuda_graph
@@ -523,17 +526,26 @@ class FlowModule(LightHookNames, pl.LightningModule):
 
         trainer = self.trainer
         device = trainer.strategy.root_device
+        optimizer = trainer.optimizers[0] if len(trainer.optimizers) == 1 else None
+        why = None
         if device.type != "cuda" or type(trainer.strategy) is not SingleDeviceStrategy:
-            raise ValueError(f"cuda_graph=True needs training on one CUDA device; this run uses "
-                             f"{type(trainer.strategy).__name__} on {device} (set cuda_graph=False: --model.cuda_graph false)")
-        if type(trainer.precision_plugin) not in (Precision, HalfPrecision, DoublePrecision):
-            raise ValueError(f"cuda_graph=True supports the 32-true, 64-true, bf16-true and 16-true precisions, not "
-                             f"{trainer.precision!r} (mixed precision's autocast cache and loss scaling cannot be captured)")
-        if trainer.accumulate_grad_batches != 1:
-            raise ValueError(f"cuda_graph=True needs accumulate_grad_batches=1, got {trainer.accumulate_grad_batches}")
-        if len(trainer.optimizers) != 1:
-            raise ValueError(f"cuda_graph=True needs one optimizer, got {len(trainer.optimizers)}")
-        optimizer = trainer.optimizers[0]
+            why = (f"cuda_graph=True needs training on one CUDA device; this run uses {type(trainer.strategy).__name__} "
+                   f"on {device} (set cuda_graph=False: --model.cuda_graph false)")
+        elif type(trainer.precision_plugin) not in (Precision, HalfPrecision, DoublePrecision):
+            why = (f"cuda_graph=True supports the 32-true, 64-true, bf16-true and 16-true precisions, not "
+                   f"{trainer.precision!r} (mixed precision's autocast cache and loss scaling cannot be captured)")
+        elif trainer.accumulate_grad_batches != 1:
+            why = f"cuda_graph=True needs accumulate_grad_batches=1, got {trainer.accumulate_grad_batches}"
+        elif optimizer is None:
+            why = f"cuda_graph=True needs one optimizer, got {len(trainer.optimizers)}"
+        elif self.skip_nonfinite:
+            why = "cuda_graph cannot skip non-finite batches (the captured step cannot branch on the loss)"
+        elif not all("capturable" in g for g in optimizer.param_groups):
+            why = f"cuda_graph=True needs a capturable optimizer; {type(optimizer).__name__} has no capturable option"
+        if why is not None:
+            if self.cuda_graph == "auto":
+                return  # train eagerly
+            raise ValueError(why)
         make_capturable(optimizer)
         params = [p for g in optimizer.param_groups for p in g["params"]]
         clip = None
@@ -688,7 +700,7 @@ class FlowModule(LightHookNames, pl.LightningModule):
                 "generator": self._pair_gen.get_state() if self._pair_gen is not None else self._pair_gen_state,
             }
         self._check_deferred_nonfinite()
-        if self.cuda_graph:  # the captured step's tensor learning rates, saved as numbers (loadable anywhere)
+        if self.cuda_graph:  # a captured step's tensor learning rates, saved as numbers (loadable anywhere)
             from .graph import portable_optimizer_state
 
             for state in checkpoint.get("optimizer_states", []):

@@ -31,7 +31,7 @@ def _state(module):
 
 # ---------------------------------------------------------------- CPU: arguments and preparation
 def test_cuda_graph_arguments_are_checked():
-    with pytest.raises(ValueError, match="cuda_graph must be a bool"):
+    with pytest.raises(ValueError, match="cuda_graph must be a bool or 'auto'"):
         small(cuda_graph="yes")
     with pytest.raises(ValueError, match="skip_nonfinite=False"):
         small(cuda_graph=True, skip_nonfinite=True)
@@ -42,6 +42,18 @@ def test_cuda_graph_arguments_are_checked():
 def test_a_cpu_run_with_cuda_graph_is_refused_naming_the_option(tiny_trainer):
     with pytest.raises(ValueError, match="cuda_graph=True needs training on one CUDA device"):
         tiny_trainer(2).fit(small(cuda_graph=True), ToyDataModule(batch_size=16))
+
+
+def test_auto_trains_eagerly_where_it_cannot_capture(tiny_trainer, tmp_path):
+    results = {}
+    for mode in (False, "auto"):
+        pl.seed_everything(0, verbose=False)
+        module = small(cuda_graph=mode, skip_nonfinite=(mode == "auto"))  # auto: also allowed with skip_nonfinite
+        tiny_trainer(6, root=tmp_path / str(mode)).fit(module, ToyDataModule(batch_size=16))
+        results[mode] = _state(module)
+        assert module.graph_stats is None
+    for k in results[False]:
+        torch.testing.assert_close(results["auto"][k], results[False][k], rtol=0, atol=0)
 
 
 def test_make_capturable_gives_tensor_lrs_that_schedulers_update_and_checkpoints_save_as_numbers():
