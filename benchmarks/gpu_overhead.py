@@ -35,7 +35,7 @@ window of steps after warm-up (device synchronised at both ends):
 * ``flowmodule_independent`` / ``flowmodule_sinkhorn_prefetch``: ``FlowModule`` with those objectives
   (``prefetch_pairs=True``);
 * ``bare_graph``: the bare loop with its step (loss, backward, fused Adam) captured once by
-  :class:`flowgen.lightning.graph.StepGraph` and replayed — the captured floor of training;
+  :class:`flowgen.capture.StepGraph` and replayed — the captured floor of training;
 * ``flowmodule_graph`` (+ ``_independent``, ``_sinkhorn_prefetch``): ``FlowModule(cuda_graph=True)``,
   EMA, logging and Lightning's loop around the replayed step.
 
@@ -206,7 +206,7 @@ def _loop(step_fn, batch: int, steps: int, warm: int, *, fused: bool = False, pr
 
 def _graph_loop(batch: int, steps: int, warm: int) -> float:
     """ms per step of the bare loss with the whole step replayed as a CUDA graph (fresh data copied in)."""
-    from flowgen.lightning.graph import StepGraph, make_capturable
+    from flowgen.capture import StepGraph, make_capturable
     from flowgen.nn import MLP as FlowMLP
 
     dev = torch.device("cuda")

@@ -1,5 +1,5 @@
 """The core imports without lightning (and without hypothesis, a test extra): paths, parameterization,
-objectives, preconditioning, testing, samplers, distill."""
+objectives, preconditioning, testing, samplers, distill, the captured training step."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ CORE = [
     "flowgen.preconditioning",
     "flowgen.testing",
     "flowgen.testing.oracles",
+    "flowgen.capture",
 ]
 OPTIONAL = ["flowgen.samplers", "flowgen.distill"]  # core too, once they exist
 

@@ -167,7 +167,7 @@ class FlowModule(LightHookNames, pl.LightningModule):
             :class:`NonFiniteLossError`.
         cuda_graph: on one CUDA device, capture the whole training step (forward, backward, gradient
             clipping, optimizer step) as a CUDA graph after 3 eager steps and replay it
-            (:class:`flowgen.lightning.graph.StepGraph`): one launch instead of hundreds, for small
+            (:class:`flowgen.capture.StepGraph`): one launch instead of hundreds, for small
             models whose steps are bound by the host. The EMA, logging and validation run as usual; an
             OT coupling pairs each batch before the replay. Needs a capturable optimizer (the default
             Adam is made one), full-precision or ``*-true`` precision, no gradient accumulation, and
@@ -522,7 +522,7 @@ class FlowModule(LightHookNames, pl.LightningModule):
         from lightning.pytorch.plugins.precision import DoublePrecision, HalfPrecision, Precision
         from lightning.pytorch.strategies import SingleDeviceStrategy
 
-        from .graph import StepGraph, make_capturable
+        from ..capture import StepGraph, make_capturable
 
         trainer = self.trainer
         device = trainer.strategy.root_device
@@ -701,7 +701,7 @@ class FlowModule(LightHookNames, pl.LightningModule):
             }
         self._check_deferred_nonfinite()
         if self.cuda_graph:  # a captured step's tensor learning rates, saved as numbers (loadable anywhere)
-            from .graph import portable_optimizer_state
+            from ..capture import portable_optimizer_state
 
             for state in checkpoint.get("optimizer_states", []):
                 portable_optimizer_state(state)

@@ -1,4 +1,4 @@
-"""The captured training step (``FlowModule(cuda_graph=True)``, :class:`flowgen.lightning.graph.StepGraph`).
+"""The captured training step (``FlowModule(cuda_graph=True)``, :class:`flowgen.capture.StepGraph`).
 
 On the CPU: argument checks, the optimizer preparation, and the clear refusal of a CPU run. On a
 CUDA device (``-m gpu`` tests, skipped without one): the replayed step follows the eager trajectory
@@ -13,7 +13,7 @@ import torch
 
 from flowgen.checkpoint import safe_load
 from flowgen.lightning import FlowModule, NonFiniteLossError, ToyDataModule
-from flowgen.lightning.graph import StepGraph, make_capturable, portable_optimizer_state
+from flowgen.capture import StepGraph, make_capturable, portable_optimizer_state
 from flowgen.nn import MLP
 from flowgen.objectives import flow_matching, rectified_flow
 

@@ -1,5 +1,13 @@
 """A whole training step — forward, backward, gradient clipping, optimizer step — as one CUDA graph.
 
+Core (no Lightning): use it in a custom loop, or through ``FlowModule(cuda_graph=True)``::
+
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    make_capturable(opt)
+    step = StepGraph(lambda x: objective(model, x), opt, list(model.parameters()))
+    for batch in batches:           # (B, *D) tensors on one CUDA device, one shape
+        loss = step(batch)          # 3 eager warm-up steps, then capture, then replays
+
 A small network's training step on a GPU is bound by the host: a 3×256 MLP step is about a
 hundred kernel launches, each costing the host microseconds, while the GPU idles between them.
 Capturing the step once and replaying it (``torch.cuda.CUDAGraph``) turns those launches into one.
