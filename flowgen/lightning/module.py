@@ -176,6 +176,9 @@ class FlowModule(LightHookNames, pl.LightningModule):
             DDP/FSDP, mixed precision, ...) with an error saying why; ``"auto"`` captures when the run
             can and trains eagerly otherwise (what the recipes use). The step must be a pure function
             of its inputs: a model with Python-side state that changes per call would be frozen.
+            The learning rate becomes a device tensor that schedulers update in place; one that
+            derives each value from the previous one (``CosineAnnealingLR``, ``ExponentialLR``) then
+            reads it back once per step (a synchronisation), ``LambdaLR`` does not.
         model_spec: ``{"class_path", "init_args"}`` of ``model`` for the checkpoint metadata; taken
             from the LightningCLI config when run by the CLI, else read back from the model's attributes.
 
