@@ -51,7 +51,7 @@ def make_capturable(optimizer: torch.optim.Optimizer) -> None:
         ValueError: the optimizer has no ``capturable`` option.
     """
     for group in optimizer.param_groups:
-        params = [p for p in group["params"]]
+        params = list(group["params"])
         if not params:
             continue
         device = params[0].device
@@ -172,8 +172,3 @@ class StepGraph:
         self.graph, self._loss = graph, loss
         graph.replay()
         return loss
-
-    def reset(self) -> None:
-        """Drop the graph (its memory pool is freed); the next call warms up and captures again."""
-        self.graph, self._static, self._signature, self._loss = None, (), None, None
-        self.calls = 0

@@ -384,12 +384,7 @@ class FlowModule(LightHookNames, pl.LightningModule):
             if hot["loss_sum"] is None:
                 detached = detached.clone()  # the replay's output buffer is overwritten by the next replay
         else:
-            cond = self._cond(labels) if self.class_cond else None
-            objective = self._step_objective(data.device)
-            # noise= only when prefetched, so objectives overriding compute(model, data, cond) keep working
-            out = objective.compute(self.model, data, cond) if noise is None else \
-                objective.compute(self.model, data, cond, noise=noise)
-            loss = out.loss
+            loss = self._compute_loss(data, labels, noise)
             detached = loss.detach()
         hot["skipped"] = False
         if detached.device.type == "cpu":  # a host read is free here: check and accumulate on the host
@@ -420,6 +415,15 @@ class FlowModule(LightHookNames, pl.LightningModule):
             self.log("train/loss", mean, on_step=True, on_epoch=False, prog_bar=True, batch_size=data.shape[0])
             hot["loss_sum"], hot["loss_n"] = None, 0
         return loss
+
+    def _compute_loss(self, data: Tensor, labels: Tensor | None, noise: Tensor | None) -> Tensor:
+        """The objective's loss on a batch (the eager step, and the body a captured step records)."""
+        cond = self._cond(labels) if self.class_cond else None
+        objective = self._step_objective(data.device)
+        # noise= only when prefetched, so objectives overriding compute(model, data, cond) keep working
+        out = objective.compute(self.model, data, cond) if noise is None else \
+            objective.compute(self.model, data, cond, noise=noise)
+        return out.loss
 
     def _step_objective(self, device: torch.device) -> Objective:
         """The objective for a training step on ``device``.
@@ -561,14 +565,7 @@ class FlowModule(LightHookNames, pl.LightningModule):
                 def clip(grads_of):
                     torch.nn.utils.clip_grad_value_(grads_of, value, foreach=True)
 
-        def loss_fn(data, labels, noise):
-            objective = self._step_objective(data.device)
-            cond = self._cond(labels) if self.class_cond else None
-            out = objective.compute(self.model, data, cond) if noise is None else \
-                objective.compute(self.model, data, cond, noise=noise)
-            return out.loss
-
-        self._hot["graph"] = StepGraph(loss_fn, optimizer, params, clip=clip, warmup=3)
+        self._hot["graph"] = StepGraph(self._compute_loss, optimizer, params, clip=clip, warmup=3)
 
     def _update_ema(self) -> None:
         """ema-pytorch's ``update()`` without its host reads.

@@ -16,6 +16,7 @@ from flowgen.lightning import FlowModule, NonFiniteLossError, ToyDataModule
 from flowgen.capture import StepGraph, make_capturable, portable_optimizer_state
 from flowgen.nn import MLP
 from flowgen.objectives import flow_matching, rectified_flow
+from test_resume import Crash  # (tests/lightning: the resume tests' crash callback)
 
 SPEC = {"class_path": "flowgen.nn.MLP", "init_args": {"dim": 2, "hidden": 32, "depth": 2}}
 
@@ -130,15 +131,6 @@ def test_flowmodule_with_cuda_graph_trains_the_eager_weights(tiny_trainer, tmp_p
     assert all(isinstance(g["lr"], float) for g in saved["optimizer_states"][0]["param_groups"])
 
 
-class Crash(pl.Callback):
-    def __init__(self, at_step):
-        self.at_step = at_step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.at_step:
-            raise RuntimeError("simulated crash")
-
-
 @pytest.mark.gpu
 def test_a_resumed_graph_run_matches_the_uninterrupted_one(tiny_trainer, tmp_path):
     n, half = 16, 8
@@ -206,10 +198,7 @@ def test_the_graph_wiring_trains_the_eager_weights_on_the_cpu(tiny_trainer, tmp_
         clip_fn = None if clip is None else (lambda ps: torch.nn.utils.clip_grad_norm_(ps, clip, foreach=True))
         params = [p for g in opt.param_groups for p in g["params"]]
 
-        def loss_fn(data, labels, noise):
-            return self.objective.compute(self.model, data, None).loss
-
-        self._hot["graph"] = _EagerStandIn(loss_fn, opt, params, clip=clip_fn)
+        self._hot["graph"] = _EagerStandIn(self._compute_loss, opt, params, clip=clip_fn)
 
     results = {}
     for graphed in (False, True):
