@@ -185,7 +185,7 @@ def load_student(checkpoint, *, map_location="cpu", trusted: tuple[str, ...] = (
 
 
 def student_metadata(generator, *, model_spec: dict | None, data_shape, weights_prefix: str, method: str,
-                     extra: dict | None = None) -> dict:
+                     extra: dict | None = None, online_prefix: str | None = None) -> dict:
     """The ``checkpoint["flowgen"]`` entry of a student: sampling metadata plus ``distill`` generator metadata.
 
     Args:
@@ -193,9 +193,11 @@ def student_metadata(generator, *, model_spec: dict | None, data_shape, weights_
         model_spec: ``{"class_path", "init_args"}`` of the raw student network (for a consistency
             model, the network inside the boundary-condition wrapper).
         data_shape: per-sample shape.
-        weights_prefix: prefix in the checkpoint's ``state_dict`` of the raw network's weights.
+        weights_prefix: prefix in the checkpoint's ``state_dict`` of the weights to sample with (the
+            evaluation EMA's copy of the raw network when there is one).
         method: the distillation method's name.
         extra: more plain data.
+        online_prefix: prefix of the trained (non-EMA) weights, if different.
     """
     info = generator.to_metadata()
     # the generator metadata under "distill" (this module's key) and "generator" (read by flowgen sample/evaluate)
@@ -203,7 +205,7 @@ def student_metadata(generator, *, model_spec: dict | None, data_shape, weights_
     more.update(extra or {})
     return make_metadata(
         path=generator.path, prediction=generator.prediction, model_spec=model_spec, data_shape=data_shape,
-        weights_prefix=weights_prefix, online_prefix=weights_prefix, num_classes=None, kind="student",
+        weights_prefix=weights_prefix, online_prefix=online_prefix or weights_prefix, num_classes=None, kind="student",
         sampler={"method": generator.method, "steps": int(generator.default_steps)}, extra=more,
     )
 
@@ -260,6 +262,14 @@ class DistillModule(LightHookNames, pl.LightningModule):
         export_dir: folder of the per-phase student snapshots (default ``<root>/students``; ``""`` disables).
         student_spec: ``{"class_path", "init_args"}`` of ``student`` for the checkpoint metadata.
         trusted_modules: extra module prefixes whose classes a teacher checkpoint may name.
+        eval_ema_decay: keep an evaluation EMA of the student (ema-pytorch, maximum decay β) and sample,
+            validate and export with it; ``None``: sample with the trained weights. The consistency-models
+            paper evaluates such an EMA of its students (Song et al. 2023, rate 0.9999, besides the target
+            network's μ). It never feeds back into training (the next
+            progressive round's teacher, the reflow pair source and the consistency target stay the
+            trained student's), and it restarts from the student at every phase change.
+        eval_ema_power: the warm-up power of ema-pytorch's decay ``1 − (1 + e)^−power`` at the ``e``-th
+            update of the phase (capped at ``eval_ema_decay``): the average covers a growing share of the phase.
     """
 
     method_name = "distill"
@@ -270,8 +280,16 @@ class DistillModule(LightHookNames, pl.LightningModule):
                  lr_schedule: str = "cosine", warmup_steps: int = 0, reset_optimizer: bool = True,
                  seed: int | None = None, val_steps: list[int] | None = None, val_num_samples: int = 1000,
                  val_metrics: list[str] | None = None, val_seed: int = 0, export_dir: str | None = None,
-                 student_spec: dict | None = None, trusted_modules: list[str] | None = None):
+                 student_spec: dict | None = None, trusted_modules: list[str] | None = None,
+                 eval_ema_decay: float | None = None, eval_ema_power: float = 0.75):
         super().__init__()
+        if eval_ema_decay is not None and not (isinstance(eval_ema_decay, (int, float)) and 0.0 < eval_ema_decay < 1.0):
+            raise ValueError(f"eval_ema_decay must be None or lie in (0, 1), got {eval_ema_decay!r}")
+        if not (isinstance(eval_ema_power, (int, float)) and math.isfinite(eval_ema_power) and eval_ema_power > 0):
+            raise ValueError(f"eval_ema_power must be a positive finite number, got {eval_ema_power!r}")
+        self.eval_ema_decay = None if eval_ema_decay is None else float(eval_ema_decay)
+        self.eval_ema_power = float(eval_ema_power)
+        self.student_ema = None
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a positive finite number, got {lr!r}")
         if lr_schedule not in ("cosine", "constant"):
@@ -390,8 +408,38 @@ class DistillModule(LightHookNames, pl.LightningModule):
 
     def frozen_modules(self) -> list[nn.Module]:
         """Submodules that never train (kept in eval mode by :meth:`train`)."""
+        ema = getattr(self, "student_ema", None)
         return [m for m in (getattr(self, n, None) for n in ("teacher", "round_teacher", "target", "source"))
-                if isinstance(m, nn.Module)]
+                if isinstance(m, nn.Module)] + ([ema.ema_model] if ema is not None else [])
+
+    # ------------------------------------------------------------------ the evaluation EMA
+    #: where the raw network sits inside ``self.student`` (``"net."`` for the consistency wrapper)
+    student_net_suffix = ""
+
+    def _attach_eval_ema(self) -> None:
+        """Register the evaluation EMA of ``self.student`` (subclasses call this once the student is built)."""
+        if self.eval_ema_decay is None:
+            return
+        from ema_pytorch import EMA
+
+        self.student_ema = EMA(self.student, beta=self.eval_ema_decay, update_after_step=0, update_every=1,
+                               power=self.eval_ema_power, include_online_model=False)
+        _frozen(self.student_ema.ema_model)
+
+    def _restart_eval_ema(self) -> None:
+        """Make the next EMA update copy the student (a new phase has a new objective)."""
+        if self.student_ema is not None:
+            self.student_ema.initted.fill_(False)
+            self.student_ema.step.zero_()
+
+    @property
+    def sampling_student(self) -> nn.Module:
+        """The network that samples, validates and is exported: the evaluation EMA's copy, or the student."""
+        return self.student_ema.ema_model if self.student_ema is not None else self.student
+
+    def weights_prefix(self) -> str:
+        """``state_dict`` prefix of the raw network that samples (see :attr:`sampling_student`)."""
+        return ("student_ema.ema_model." if self.student_ema is not None else "student.") + self.student_net_suffix
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -429,9 +477,6 @@ class DistillModule(LightHookNames, pl.LightningModule):
 
     def generator(self):  # pragma: no cover - overridden
         """The student as a :class:`flowgen.distill.Generator` in its current state."""
-        raise NotImplementedError
-
-    def weights_prefix(self) -> str:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def distill_loss(self, data: Tensor, step: int):  # pragma: no cover - overridden
@@ -561,6 +606,7 @@ class DistillModule(LightHookNames, pl.LightningModule):
                 for opt in self._optimizers():
                     opt.state.clear()
             self.start_phase(self.phase)
+            self._restart_eval_ema()
         f = self.lr_factor(step)
         for opt in self._optimizers():
             for g in opt.param_groups:
@@ -606,6 +652,8 @@ class DistillModule(LightHookNames, pl.LightningModule):
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
         self.after_optimizer_step(self._k)
+        if self.student_ema is not None:
+            self.student_ema.update()
 
     def on_train_end(self) -> None:
         self._end_phase(self.phase, final=True)
@@ -636,7 +684,8 @@ class DistillModule(LightHookNames, pl.LightningModule):
         }
         extra.update(self.extra_metadata())
         return student_metadata(gen, model_spec=self.student_spec, data_shape=self.data_shape,
-                                weights_prefix=self.weights_prefix(), method=self.method_name, extra=extra)
+                                weights_prefix=self.weights_prefix(), method=self.method_name, extra=extra,
+                                online_prefix="student." + self.student_net_suffix)
 
     def extra_metadata(self) -> dict:
         return {}
@@ -674,7 +723,9 @@ class DistillModule(LightHookNames, pl.LightningModule):
         """A slim checkpoint of the current student: its weights under the metadata's prefix, and the metadata."""
         prefix = self.weights_prefix()
         sd = {k: v.detach().cpu().clone() for k, v in self.state_dict().items() if k.startswith(prefix)}
-        return {"state_dict": sd, METADATA_KEY: self.metadata(), "global_step": int(self.global_step)}
+        meta = self.metadata()
+        meta["online_prefix"] = prefix  # only the sampling weights are kept
+        return {"state_dict": sd, METADATA_KEY: meta, "global_step": int(self.global_step)}
 
     def _export_folder(self) -> str | None:
         if self.export_dir == "":
@@ -826,6 +877,7 @@ class ProgressiveDistillModule(DistillModule):
             metric=metric, event_shape=self.data_shape)
         # the teacher of rounds >= 1 (the previous round's student): same architecture as the student
         self.round_teacher = _frozen(copy.deepcopy(self.student))
+        self._attach_eval_ema()
 
     def phase_lengths(self) -> list[int]:
         return list(self.steps_per_round)
@@ -833,11 +885,8 @@ class ProgressiveDistillModule(DistillModule):
     def phase_name(self, phase: int) -> str:
         return f"round {phase} (N={self.distiller.student_steps})"
 
-    def weights_prefix(self) -> str:
-        return "student."
-
     def generator(self):
-        return self.distiller.student_generator(self.student)
+        return self.distiller.student_generator(self.sampling_student)
 
     def distill_loss(self, data, step):
         return self.distiller.loss(self.student, data, generator=self._draw_generator())
@@ -999,6 +1048,7 @@ class ConsistencyModule(DistillModule):
         self.distiller = self._make_distiller(self.total_steps_arg or 1000)
         self.student = self.distiller.consistency_function(self._take_student())
         self.target = _frozen(copy.deepcopy(self.student))
+        self._attach_eval_ema()
 
     def _make_curriculum(self, total: int):
         from ..distill import CMCurriculum, ConstantCurriculum, ICTCurriculum
@@ -1040,12 +1090,11 @@ class ConsistencyModule(DistillModule):
     def phase_name(self, phase: int) -> str:
         return self.method_name.replace("_", " ")
 
-    def weights_prefix(self) -> str:
-        return "student.net."
+    student_net_suffix = "net."
 
     def generator(self):
         kw = {"step_times": self.sample_times} if self.sample_times else {"max_steps": self.max_sample_steps}
-        return self.distiller.student_generator(self.student, **kw)
+        return self.distiller.student_generator(self.sampling_student, **kw)
 
     def _remember(self, data: Tensor) -> None:
         """Keep the most recent ``tune_num`` training samples (the reference of consistency training's time search)."""
@@ -1080,8 +1129,9 @@ class ConsistencyModule(DistillModule):
 
         if reference is None and self.mode != "distillation" and not self._recent:
             return self.sample_times or {}
-        was = self.student.training
-        self.student.eval()
+        net = self.sampling_student
+        was = net.training
+        net.eval()
         g = torch.Generator().manual_seed(self.val_seed + 12345)
         shape = tuple(self.data_shape)
         draws = []  # (student noise, reference) per repeat
@@ -1108,7 +1158,7 @@ class ConsistencyModule(DistillModule):
             results = []
             for tau in [c for c in cand if c < best[-1]]:
                 trial = best + [tau]
-                gen = ConsistencyGenerator(self.student, self.flow_path, t_min=d.t_min, t_max=d.t_max,
+                gen = ConsistencyGenerator(net, self.flow_path, t_min=d.t_min, t_max=d.t_max,
                                            step_times={k: trial}, rho=d.rho, spacing=d.spacing,
                                            sigma_data=d.sigma_data)
                 score = 0.0
@@ -1124,7 +1174,7 @@ class ConsistencyModule(DistillModule):
             scores[k] = score
         self.sample_times = times
         self.tuned_scores = scores
-        self.student.train(was)
+        net.train(was)
         return times
 
     def on_train_end(self) -> None:
@@ -1235,6 +1285,7 @@ class ReflowModule(DistillModule):
         self.reflow = Reflow(self.teacher_flow_path, pred, time=time)
         self.one_step = OneStepDistillation(self.teacher_flow_path, pred, metric=metric)
         self.source = _frozen(copy.deepcopy(self.student))
+        self._attach_eval_ema()
         self._pairs: tuple[Tensor, Tensor] | None = None
         self.pair_folders: dict[int, str] = {}
         self.stats: dict[str, dict] = {}
@@ -1248,13 +1299,10 @@ class ReflowModule(DistillModule):
     def phase_name(self, phase: int) -> str:
         return "1-step distillation" if self.is_distill_phase(phase) else f"reflow round {phase + 1}"
 
-    def weights_prefix(self) -> str:
-        return "student."
-
     def generator(self):
         if self.is_distill_phase(self.phase):
-            return self.one_step.student_generator(self.student)
-        return self.reflow.student_generator(self.student)
+            return self.one_step.student_generator(self.sampling_student)
+        return self.reflow.student_generator(self.sampling_student)
 
     # --- pairs ----------------------------------------------------------------------------------------
     def _source_model(self, phase: int):

@@ -21,14 +21,14 @@ from .conftest import MLP_SPEC, assert_same_state, state_of
 
 REFLOW_KW = dict(num_pairs=192, pair_batch_size=64, pair_method="heun", pair_steps=4, stats_samples=32, stats_steps=4)
 
-# method name → (constructor(teacher) → module, total steps, a crash step in the middle of a later phase)
+# method name → (constructor(teacher, **more arguments) → module, total steps, a crash step in the middle of a later phase)
 METHODS = {
-    "progressive": (lambda t: ProgressiveDistillModule(t, student_steps=4, steps_per_round=[3, 3, 4], lr=3e-3), 10, 5),
-    "consistency_distillation": (lambda t: ConsistencyModule(t, num_scales=8, ema_decay=0.9, lr=3e-3, sigma_data=1.0), 8, 5),
-    "consistency_training": (lambda t: ConsistencyModule(None, MLP(2, hidden=32, depth=2), mode="training",
-                                                         path={"name": "RectifiedFlow", "sigma_min": 0.0},
-                                                         curriculum="ict", s0=2, s1=16, lr=3e-3, student_spec=MLP_SPEC), 8, 5),
-    "reflow": (lambda t: ReflowModule(t, reflow_rounds=1, steps_per_round=3, distill_steps=5, lr=3e-3, **REFLOW_KW), 8, 5),
+    "progressive": (lambda t, **kw: ProgressiveDistillModule(t, student_steps=4, steps_per_round=[3, 3, 4], lr=3e-3, **kw), 10, 5),
+    "consistency_distillation": (lambda t, **kw: ConsistencyModule(t, num_scales=8, ema_decay=0.9, lr=3e-3, sigma_data=1.0, **kw), 8, 5),
+    "consistency_training": (lambda t, **kw: ConsistencyModule(None, MLP(2, hidden=32, depth=2), mode="training",
+                                                               path={"name": "RectifiedFlow", "sigma_min": 0.0}, curriculum="ict",
+                                                               s0=2, s1=16, lr=3e-3, student_spec=MLP_SPEC, **kw), 8, 5),
+    "reflow": (lambda t, **kw: ReflowModule(t, reflow_rounds=1, steps_per_round=3, distill_steps=5, lr=3e-3, **REFLOW_KW, **kw), 8, 5),
 }
 
 
@@ -48,10 +48,10 @@ class Crash(pl.Callback):
             raise RuntimeError("simulated crash")
 
 
-def _run(method, teacher, root, trainer_factory, steps=None, seed=0, **kw):
+def _run(method, teacher, root, trainer_factory, steps=None, seed=0, module_kw=None, **kw):
     make, total, _ = METHODS[method]
     pl.seed_everything(seed, verbose=False)
-    module = make(teacher)
+    module = make(teacher, **(module_kw or {}))
     trainer_factory(root, steps or total, **kw).fit(module, _data())
     return module
 
@@ -93,14 +93,16 @@ def test_student_checkpoint_carries_its_metadata_and_samples_with_flowgen_sample
     assert module.exported and all(os.path.isfile(f) for f in module.exported)
 
 
+@pytest.mark.parametrize("eval_ema", [None, 0.5], ids=["no_ema", "eval_ema"])
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(method, rf_teacher, tmp_path, trainer_factory):
+def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(method, eval_ema, rf_teacher, tmp_path, trainer_factory):
     make, total, crash = METHODS[method]
-    ref = _run(method, rf_teacher, tmp_path / "a", trainer_factory, deterministic=True, checkpoint_every=100)
+    more = {} if eval_ema is None else {"eval_ema_decay": eval_ema}
+    ref = _run(method, rf_teacher, tmp_path / "a", trainer_factory, deterministic=True, checkpoint_every=100, module_kw=more)
 
     with pytest.raises(RuntimeError, match="simulated crash"):
         _run(method, rf_teacher, tmp_path / "b", trainer_factory, deterministic=True, checkpoint_every=crash - 1,
-             callbacks=[Crash(crash)])
+             callbacks=[Crash(crash)], module_kw=more)
     last = tmp_path / "b" / "checkpoints" / "last.ckpt"
     saved = safe_load(last)
     assert saved["global_step"] == crash - 1
@@ -108,9 +110,10 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(method, rf_tea
     assert state["method"] == method and state["phase"] >= (1 if method in ("progressive", "reflow") else 0)
 
     pl.seed_everything(999, verbose=False)  # another seed: everything must come from the checkpoint
-    resumed = make(rf_teacher)
+    resumed = make(rf_teacher, **more)
     trainer_factory(tmp_path / "b", total, deterministic=True, checkpoint_every=100).fit(resumed, _data(), ckpt_path=str(last))
     assert_same_state(state_of(ref), state_of(resumed))
+    assert any(k.startswith("student_ema.ema_model.") for k in state_of(ref)) == (eval_ema is not None)
     assert ref.phase == resumed.phase
 
 
