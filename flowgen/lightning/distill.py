@@ -16,9 +16,10 @@ Checkpoints
     Besides Lightning's optimizer/loop state, a checkpoint holds the weights of every module the
     method needs to go on (the student; the current teacher of progressive distillation, which is
     the previous round's student from round 1 on; the consistency target network; the reflow pair
-    source), and under ``checkpoint["flowgen"]`` the student's sampling metadata written by
-    :func:`flowgen.checkpoint.make_metadata` with ``kind="student"``, ``weights_prefix`` pointing at
-    the student network, ``sampler`` and ``extra["distill"] = generator.to_metadata()`` — so
+    source; the evaluation EMA, if any), and under ``checkpoint["flowgen"]`` the student's sampling
+    metadata written by :func:`flowgen.checkpoint.make_metadata` with ``kind="student"``,
+    ``weights_prefix`` pointing at the network that samples (the EMA's copy when there is one;
+    ``online_prefix`` at the trained student), ``sampler`` and ``extra["distill"] = generator.to_metadata()`` — so
     ``flowgen sample --ckpt last.ckpt --steps 1`` and :func:`load_student` rebuild the few-step
     generator without the YAML — plus the run state (phase, the distiller's state such as the
     progressive round, ``N`` and grid, the draw generator's state, the global RNG states). An
@@ -26,8 +27,8 @@ Checkpoints
     deterministic mode, ends with the same weights as an uninterrupted run.
 
 Snapshots
-    At the end of each phase the current student is exported as a slim checkpoint (student weights
-    and metadata only) into ``<export_dir>`` (default ``<trainer.default_root_dir>/students``):
+    At the end of each phase the current student (its evaluation EMA, if any) is exported as a slim
+    checkpoint (the sampling weights and metadata only) into ``<export_dir>`` (default ``<trainer.default_root_dir>/students``):
     ``progressive_N4.ckpt``, ``consistency.ckpt``, ``reflow_round1.ckpt``, ``reflow_distilled.ckpt`` …
     These are what the report and the benchmark evaluate at each number of steps.
 
