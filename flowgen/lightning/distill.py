@@ -265,10 +265,10 @@ class DistillModule(LightHookNames, pl.LightningModule):
         trusted_modules: extra module prefixes whose classes a teacher checkpoint may name.
         eval_ema_decay: keep an evaluation EMA of the student (ema-pytorch, maximum decay β) and sample,
             validate and export with it; ``None``: sample with the trained weights. The consistency-models
-            paper evaluates such an EMA of its students (Song et al. 2023, rate 0.9999, besides the target
-            network's μ). It never feeds back into training (the next
-            progressive round's teacher, the reflow pair source and the consistency target stay the
-            trained student's), and it restarts from the student at every phase change.
+            paper evaluates such an EMA of its students (Song et al. 2023, rate 0.9999, besides the
+            target network's μ). It never feeds back into training (the next progressive round's
+            teacher, the reflow pair source and the consistency target stay the trained student's),
+            and it restarts from the student at every phase change.
         eval_ema_power: the warm-up power of ema-pytorch's decay ``1 − (1 + e)^−power`` at the ``e``-th
             update of the phase (capped at ``eval_ema_decay``): the average covers a growing share of the phase.
     """
