@@ -82,8 +82,8 @@ QUICK = {
         "progressive": ["--trainer.max_steps", "1200", "--model.init_args.student_steps", "16",
                         "--model.init_args.steps_per_round", "200"],
         "consistency_distillation": ["--trainer.max_steps", "1000"],
-        "reflow": ["--trainer.max_steps", "1000", "--model.init_args.steps_per_round", "400",
-                   "--model.init_args.distill_steps", "600", "--model.init_args.num_pairs", "2000"],
+        "reflow": ["--trainer.max_steps", "1000", "--model.init_args.distill_steps", "1000",
+                   "--model.init_args.num_pairs", "2000"],
         "consistency_training": ["--trainer.max_steps", "1000"],
     },
 }
