@@ -1,9 +1,12 @@
-r"""Progressive distillation: halve the number of sampling steps each round.
+r"""Progressive distillation: halve (or divide by ``k``) the number of sampling steps each round.
 
 A student with ``N`` DDIM steps on the grid ``t_0 = t_max > t_1 > … > t_N = t_min`` learns to
 land, in ONE deterministic DDIM step ``t_i → t_{i+1}``, where TWO DDIM steps of the teacher
 ``t_i → t_{i+½} → t_{i+1}`` land (the teacher's grid has ``2N`` steps and the student's grid is
 every second point of it). Then the student becomes the teacher and ``N`` halves, down to 1.
+With a reduction ``factor`` ``k > 2`` one student step learns ``k`` teacher steps (the teacher's
+grid has ``kN`` steps) and ``N`` falls ``k``-fold per round: fewer rounds, so fewer students whose
+errors compound (Berthelot et al. 2023's TRACT distils in few such phases).
 
 A DDIM step from ``x_t`` with a data estimate ``D`` (and the implied noise
 ``ε̂ = (x_t − α_t D)/σ_t``) is, on any path,
@@ -29,7 +32,8 @@ weighting convention (:mod:`flowgen.objectives.weighting`).
 
 References:
     Salimans & Ho 2022, arXiv:2202.00512, Algorithm 2 and eq. (8)–(10) (target), Sec. 4
-    (truncated-SNR weighting); Song et al. 2021, arXiv:2010.02502, eq. (12) (DDIM).
+    (truncated-SNR weighting); Song et al. 2021, arXiv:2010.02502, eq. (12) (DDIM);
+    Berthelot et al. 2023, arXiv:2303.04248 (TRACT: ``k`` teacher steps per student step).
 """
 
 from __future__ import annotations
@@ -71,30 +75,48 @@ class TruncatedSNRWeight(Weighting):
         return torch.clamp(torch.exp(path._log_snr(t)), min=1.0)
 
 
-def _check_times(x_t: Tensor, t: Tensor, t_mid: Tensor, t_next: Tensor) -> None:
+def _mid_columns(t_mid: Tensor, batch: int) -> list[Tensor]:
+    """``t_mid`` as a list of ``(B,)`` columns: ``(B,)`` is one intermediate time, ``(B, k − 1)`` several."""
+    if not isinstance(t_mid, Tensor):
+        raise TypeError(f"t_mid must be a tensor of shape (B,) or (B, k - 1), got {type(t_mid).__name__}")
+    if t_mid.dim() == 2 and t_mid.shape[0] == batch and t_mid.shape[1] >= 1:
+        return list(t_mid.unbind(1))
+    if t_mid.dim() == 2:
+        raise ValueError(f"t_mid must have shape (B,) or (B, k - 1) with B = {batch} and k >= 2, got {tuple(t_mid.shape)}")
+    return [t_mid]
+
+
+def _check_times(x_t: Tensor, t: Tensor, t_mid: Tensor, t_next: Tensor) -> list[Tensor]:
+    """Validate the times; return the teacher's times ``[t, t_mid columns…, t_next]`` as ``(B,)`` tensors."""
     check_batch(x_t, "x_t")
     if x_t.dim() < 2:
         raise ValueError(f"x_t must have shape (B, *D) with at least one event dimension, got {tuple(x_t.shape)}")
     batch = x_t.shape[0]
-    for name, v in (("t", t), ("t_mid", t_mid), ("t_next", t_next)):
+    mids = _mid_columns(t_mid, batch)
+    for name, v in (("t", t), *((("t_mid", m)) for m in mids), ("t_next", t_next)):
         check_time(v, name, batch=batch, device=x_t.device)
-    if not bool((t > t_mid).all()) or not bool((t_mid > t_next).all()):
-        raise ValueError("times must satisfy t > t_mid > t_next for every sample (generation runs from noise at t to data)")
+    times = [t, *mids, t_next]
+    if not all(bool((a > b).all()) for a, b in zip(times[:-1], times[1:])):
+        raise ValueError("times must satisfy t > t_mid > t_next for every sample, t_mid's columns decreasing "
+                         "(generation runs from noise at t to data)")
+    return times
 
 
 def progressive_target(teacher, *, x_t: Tensor, t: Tensor, t_mid: Tensor, t_next: Tensor, path: Path,
                        teacher_prediction, student_prediction, cond=None) -> Tensor:
-    r"""The student's target (in its own prediction kind) for one DDIM step to match two teacher DDIM steps.
+    r"""The student's target (in its own prediction kind) for one DDIM step to match two (or ``k``) teacher DDIM steps.
 
     One student DDIM step ``t → t_next`` from ``x_t`` with this prediction lands exactly where
     the teacher's two DDIM steps ``t → t_mid → t_next`` land (up to rounding): see the module
-    docstring for the closed form, including the final step to ``σ(t_next) = 0``.
+    docstring for the closed form, including the final step to ``σ(t_next) = 0``. With a
+    ``(B, k − 1)`` ``t_mid`` the teacher takes ``k`` DDIM steps through its columns in order.
 
     Args:
         teacher: frozen ``teacher(x_t, t[, cond])`` predicting ``teacher_prediction``.
         x_t: ``(B, *D)`` noisy inputs at ``t``.
         t: ``(B,)`` start times.
-        t_mid: ``(B,)`` the teacher's intermediate times, ``t > t_mid > t_next``.
+        t_mid: ``(B,)`` the teacher's intermediate time, ``t > t_mid > t_next``; or ``(B, k − 1)``
+            intermediate times, decreasing along each row, for ``k`` teacher steps.
         t_next: ``(B,)`` end times.
         path: the path both models live on.
         teacher_prediction: what the teacher predicts (:class:`~flowgen.parameterization.Prediction` or value).
@@ -109,20 +131,21 @@ def progressive_target(teacher, *, x_t: Tensor, t: Tensor, t_mid: Tensor, t_next
             output of the wrong shape.
 
     References:
-        Salimans & Ho 2022, arXiv:2202.00512, Algorithm 2, eq. (8)–(10).
+        Salimans & Ho 2022, arXiv:2202.00512, Algorithm 2, eq. (8)–(10); Berthelot et al. 2023,
+        arXiv:2303.04248 (``k`` steps).
     """
     if not isinstance(path, Path):
         raise TypeError(f"path must be a flowgen Path, got {type(path).__name__}")
     check_model(teacher, "teacher")
     tp = Prediction.parse(teacher_prediction, "teacher_prediction")
     sp = Prediction.parse(student_prediction, "student_prediction")
-    _check_times(x_t, t, t_mid, t_next)
+    times = _check_times(x_t, t, t_mid, t_next)
     check_finite(x_t, "x_t")
     with torch.no_grad():
-        x_t = x_t.detach()
-        x_mid = step(teacher, path, x_t, t=t, s=t_mid, prediction=tp, method="ddim", cond=cond)
-        x_end = step(teacher, path, x_mid, t=t_mid, s=t_next, prediction=tp, method="ddim", cond=cond)
-        return _solve_target(x_t, x_end, t, t_next, path, sp)
+        x = x_t = x_t.detach()
+        for a, b in zip(times[:-1], times[1:]):
+            x = step(teacher, path, x, t=a, s=b, prediction=tp, method="ddim", cond=cond)
+        return _solve_target(x_t, x, t, t_next, path, sp)
 
 
 def _solve_target(x_t: Tensor, x_end: Tensor, t: Tensor, t_next: Tensor, path: Path, sp: Prediction) -> Tensor:
@@ -166,7 +189,8 @@ def progressive_distillation_loss(student, teacher, *, data: Tensor, noise: Tens
         teacher: frozen teacher predicting ``teacher_prediction``.
         data: ``(B, *D)`` clean samples.
         noise: ``(B, *D)`` standard normal noise.
-        t, t_mid, t_next: ``(B,)`` times with ``t > t_mid > t_next``.
+        t, t_mid, t_next: ``(B,)`` times with ``t > t_mid > t_next`` (``t_mid`` may be ``(B, k − 1)``
+            for ``k`` teacher steps, see :func:`progressive_target`).
         path: the path.
         teacher_prediction, student_prediction: prediction kinds.
         weighting: a :class:`~flowgen.objectives.Weighting` or name; truncated SNR by default.
@@ -215,7 +239,8 @@ class ProgressiveDistillation:
     Round ``r`` trains a student with ``N`` steps on ``student_grid`` (``N + 1`` times) against a
     teacher running ``2N`` DDIM steps on ``teacher_grid`` (``2N + 1`` times; the student grid is
     its every second point). :meth:`next_round` halves ``N``: the new teacher grid is the old
-    student grid and the new teacher is the trained student.
+    student grid and the new teacher is the trained student. With ``factor=k`` the teacher runs
+    ``kN`` steps, the student grid is every ``k``-th point, and a round divides ``N`` by ``k``.
 
     Args:
         teacher: frozen ``teacher(x_t, t[, cond])``. Its ``.path``/``.prediction`` are used when
@@ -227,12 +252,14 @@ class ProgressiveDistillation:
         student_prediction: what the student predicts (default: as the teacher, since the student
             starts from the teacher's weights).
         grid: the teacher's grid for this round: a grid name (``"uniform"`` in ``t``, as in the
-            paper; ``"karras"``, ``"log_snr"``, ``"shifted"``) built with ``2N`` steps on
-            ``[t_min, t_max]``, or an explicit strictly decreasing grid of ``2N + 1`` times.
+            paper; ``"karras"``, ``"log_snr"``, ``"shifted"``) built with ``kN`` steps on
+            ``[t_min, t_max]``, or an explicit strictly decreasing grid of ``kN + 1`` times.
         t_max, t_min: the interval of a named grid (default the path's).
         weighting: loss weighting (default :class:`TruncatedSNRWeight`).
         metric: ``"l2"``, ``"pseudo_huber"`` or a callable ``(B, *D) → (B,)``.
         event_shape: if given, data must have shape ``(B, *event_shape)``.
+        factor: ``k``, the teacher's DDIM steps per student step in the first round (2, the
+            paper's, by default); :meth:`next_round` may change it per round.
 
     Raises:
         ValueError: missing teacher metadata, a grid of the wrong size, or a grid on which the
@@ -249,29 +276,32 @@ class ProgressiveDistillation:
         torch.Size([8])
 
     References:
-        Salimans & Ho 2022, arXiv:2202.00512, Algorithm 2.
+        Salimans & Ho 2022, arXiv:2202.00512, Algorithm 2; Berthelot et al. 2023, arXiv:2303.04248 (``factor > 2``).
     """
 
     def __init__(self, teacher, *, student_steps: int, path: Path | None = None, teacher_prediction=None,
                  student_prediction=None, grid="uniform", t_max: float | None = None, t_min: float | None = None,
-                 weighting: Weighting | str | None = None, metric="l2", event_shape: tuple | None = None):
+                 weighting: Weighting | str | None = None, metric="l2", event_shape: tuple | None = None, factor: int = 2):
         self.path, self.teacher_prediction = resolve_teacher(teacher, path, teacher_prediction)
         self.teacher = teacher
         self.student_prediction = (self.teacher_prediction if student_prediction is None
                                    else Prediction.parse(student_prediction, "student_prediction"))
         n = check_int(student_steps, "student_steps")
+        k = check_int(factor, "factor", low=2)
         if grid is None or isinstance(grid, (str, Grid)):
-            g = make_grid("uniform" if grid is None else grid, 2 * n, self.path, t_max=t_max, t_min=t_min)
+            g = make_grid("uniform" if grid is None else grid, k * n, self.path, t_max=t_max, t_min=t_min)
         else:
             if t_max is not None or t_min is not None:
                 raise ValueError("pass either an explicit grid or t_max/t_min, not both (the grid's ends are t_max and t_min)")
             g = check_grid(grid)
-            if g.numel() != 2 * n + 1:
+            if g.numel() != k * n + 1:
                 raise ValueError(
-                    f"grid must hold 2*student_steps + 1 = {2 * n + 1} times (the teacher's grid of 2N steps), got {g.numel()}"
+                    f"grid must hold {k}*student_steps + 1 = {k * n + 1} times (the teacher's grid of {k}N steps, "
+                    f"factor={k}), got {g.numel()}"
                 )
         self.round = 0
         self.student_steps = n
+        self.factor = k
         self.teacher_grid = g
         self.weighting = TruncatedSNRWeight() if weighting is None else get_weighting(weighting)
         self.metric = get_metric(metric)
@@ -281,8 +311,8 @@ class ProgressiveDistillation:
     # --- grids -----------------------------------------------------------------------------------
     @property
     def student_grid(self) -> Tensor:
-        """``(N + 1,)`` float64: every second point of :attr:`teacher_grid`."""
-        return self.teacher_grid[::2].clone()
+        """``(N + 1,)`` float64: every :attr:`factor`-th (by default every second) point of :attr:`teacher_grid`."""
+        return self.teacher_grid[::self.factor].clone()
 
     def _check_grids(self) -> None:
         for who, pred, grid in (("teacher", self.teacher_prediction, self.teacher_grid[:-1]),
@@ -302,16 +332,18 @@ class ProgressiveDistillation:
         """Draw ``(t, t_mid, t_next, noise)``: a uniform student interval ``i`` per sample and fresh noise.
 
         ``t = student_grid[i]``, ``t_mid = teacher_grid[2i + 1]``, ``t_next = student_grid[i + 1]``,
-        each ``(B,)`` in float32 (float64 for float64 data); noise ``(B, *D)``.
+        each ``(B,)`` in float32 (float64 for float64 data); noise ``(B, *D)``. With ``factor = k > 2``,
+        ``t_mid`` is ``(B, k − 1)``: ``teacher_grid[ki + 1 … ki + k − 1]``.
         """
         check_data(data, event_shape=self.event_shape)
         b = data.shape[0]
         i = randint(self.student_steps, b, device=torch.device("cpu"), generator=generator)
-        g = self.teacher_grid
+        g, k = self.teacher_grid, self.factor
         dt = time_dtype(data)
-        t = g[2 * i].to(device=data.device, dtype=dt)
-        t_mid = g[2 * i + 1].to(device=data.device, dtype=dt)
-        t_next = g[2 * i + 2].to(device=data.device, dtype=dt)
+        t = g[k * i].to(device=data.device, dtype=dt)
+        mid = k * i[:, None] + torch.arange(1, k, device=i.device)
+        t_mid = g[mid[:, 0] if k == 2 else mid].to(device=data.device, dtype=dt)
+        t_next = g[k * i + k].to(device=data.device, dtype=dt)
         noise = randn(data.shape, like=data, generator=generator)
         return t, t_mid, t_next, noise
 
@@ -346,28 +378,35 @@ class ProgressiveDistillation:
             k += 1
         return k
 
-    def next_round(self, teacher=None) -> None:
-        """Start the next round: ``N ← N/2``, the teacher grid becomes the old student grid.
+    def next_round(self, teacher=None, *, factor: int = 2) -> None:
+        """Start the next round: ``N ← N/2`` (``N/factor``), the teacher grid becomes the old student grid.
 
         The new teacher is the student just trained: pass it as ``teacher`` (a frozen copy), or
         copy the student's weights into the module already held as :attr:`teacher`
         (``pd.teacher.load_state_dict(student.state_dict())``) before or after this call. The
         teacher's prediction kind becomes the student's.
 
+        Args:
+            teacher: the new round's teacher (see above).
+            factor: ``k``, the new round's teacher steps per student step (2 by default).
+
         Raises:
-            ValueError: if ``N`` is 1 (distillation finished) or odd.
+            ValueError: if ``N`` is 1 (distillation finished) or not divisible by ``factor``.
         """
         n = self.student_steps
+        k = check_int(factor, "factor", low=2)
         if n == 1:
             raise ValueError("student_steps is already 1: progressive distillation is finished")
-        if n % 2:
-            raise ValueError(f"student_steps={n} is odd and cannot be halved; start from a power of two")
+        if n % k:
+            what = "odd and cannot be halved; start from a power of two" if k == 2 else f"not divisible by factor={k}"
+            raise ValueError(f"student_steps={n} is {what}")
         if teacher is not None:
             if not callable(teacher):
                 raise TypeError(f"teacher must be callable, got {type(teacher).__name__}")
             self.teacher = teacher
         self.teacher_grid = self.student_grid
-        self.student_steps = n // 2
+        self.student_steps = n // k
+        self.factor = k
         self.round += 1
         self.teacher_prediction = self.student_prediction
         self._check_grids()
@@ -386,6 +425,7 @@ class ProgressiveDistillation:
         return {
             "round": self.round,
             "student_steps": self.student_steps,
+            "factor": self.factor,
             "teacher_grid": [float(v) for v in self.teacher_grid.tolist()],
             "teacher_prediction": self.teacher_prediction.value,
             "student_prediction": self.student_prediction.value,
@@ -405,13 +445,14 @@ class ProgressiveDistillation:
             raise ValueError(f"progressive-distillation state is missing {sorted(missing)}")
         n = check_int(state["student_steps"], "state['student_steps']")
         r = check_int(state["round"], "state['round']", low=0)
+        k = check_int(state.get("factor", 2), "state['factor']", low=2)  # checkpoints before factor existed: 2
         g = check_grid(state["teacher_grid"], "state['teacher_grid']")
-        if g.numel() != 2 * n + 1:
-            raise ValueError(f"state['teacher_grid'] has {g.numel()} times, expected 2*student_steps + 1 = {2 * n + 1}")
+        if g.numel() != k * n + 1:
+            raise ValueError(f"state['teacher_grid'] has {g.numel()} times, expected {k}*student_steps + 1 = {k * n + 1}")
         cfg = state.get("path")
         if cfg is not None and cfg != path_to_config(self.path):
             raise ValueError(f"state was saved for path {cfg!r}, but this distiller uses {path_to_config(self.path)!r}")
-        self.round, self.student_steps, self.teacher_grid = r, n, g
+        self.round, self.student_steps, self.factor, self.teacher_grid = r, n, k, g
         self.teacher_prediction = Prediction.parse(state["teacher_prediction"], "teacher_prediction")
         self.student_prediction = Prediction.parse(state["student_prediction"], "student_prediction")
         self._check_grids()
@@ -423,6 +464,6 @@ class ProgressiveDistillation:
         return ProgressiveGenerator(student, self.path, self.student_prediction, grid=self.student_grid)
 
     def __repr__(self) -> str:
-        return (f"ProgressiveDistillation(round={self.round}, student_steps={self.student_steps}, path={self.path!r}, "
+        return (f"ProgressiveDistillation(round={self.round}, student_steps={self.student_steps}, factor={self.factor}, path={self.path!r}, "
                 f"teacher_prediction={self.teacher_prediction.value!r}, student_prediction={self.student_prediction.value!r})")
 

@@ -137,6 +137,35 @@ def _steps_list(value, count: int, name: str) -> list[int]:
     raise ValueError(f"{name} must be a positive integer or a list of {count} positive integers, got {value!r}")
 
 
+def _round_factors(factor, student_steps: int, final_steps: int) -> list[int]:
+    """Each progressive round's factor ``k`` (teacher DDIM steps per student step), one per round.
+
+    Round 0's teacher (the given one) runs ``k_0·student_steps`` steps; round ``j ≥ 1`` divides
+    ``N`` by ``k_j``. One int ``k`` means ``k`` for every round, so ``student_steps = final_steps·k^r``;
+    a list holds one factor per round, and ``final_steps`` times the product of all but the first
+    must be ``student_steps``.
+    """
+    if isinstance(factor, (list, tuple)):
+        ks = [_check_pos_int(k, f"factor[{i}]") for i, k in enumerate(factor)]
+        if not ks or min(ks) < 2:
+            raise ValueError(f"factor must list one integer >= 2 per round, got {list(factor)!r}")
+        if final_steps * math.prod(ks[1:]) != student_steps:
+            raise ValueError(f"factor={ks} divides student_steps={student_steps} by {math.prod(ks[1:])} over its rounds "
+                             f"(all but the first factor), which must reach final_steps={final_steps}")
+        return ks
+    k = _check_pos_int(factor, "factor")
+    if k < 2:
+        raise ValueError(f"factor must be an integer >= 2 (teacher steps per student step), got {factor!r}")
+    want = "a power of two" if k == 2 else f"a power of factor={k}"
+    rounds, m = 1, student_steps
+    while m > final_steps and m % k == 0:
+        m //= k
+        rounds += 1
+    if m != final_steps:
+        raise ValueError(f"student_steps={student_steps} must be final_steps={final_steps} times {want}")
+    return [k] * rounds
+
+
 def _fingerprint(module: nn.Module) -> str:
     """A short hash of a module's weights (names, shapes and values), to key pair caches by their source."""
     h = hashlib.sha256()
@@ -831,8 +860,12 @@ class ProgressiveDistillModule(DistillModule):
     Args:
         teacher: see :class:`DistillModule`.
         student_steps: ``N`` of the first round (the teacher runs ``2N`` DDIM steps); a power of two
-            times ``final_steps``.
+            times ``final_steps`` (with ``factor``: ``final_steps`` times the product of the factors).
         final_steps: the last round's ``N`` (1 for a 1-step student).
+        factor: teacher DDIM steps per student step, i.e. how many times fewer steps each round's
+            student takes: 2 (Salimans & Ho's halving) by default; one int for every round or a list
+            with one per round, e.g. ``[4, 4, 4, 2, 2]`` for ``256 → 64 → 16 → 4 → 2 → 1`` (fewer
+            rounds to compound errors over, as Berthelot et al. 2023's TRACT).
         steps_per_round: optimizer steps per round, one int or a list (one per round).
         student_prediction: the student's prediction kind (default: the teacher's).
         grid: the first teacher grid: ``"uniform"`` (the paper's), ``"karras"``, ``"log_snr"``, ``"shifted"``.
@@ -844,7 +877,7 @@ class ProgressiveDistillModule(DistillModule):
     Snapshots: ``progressive_N{n}.ckpt`` at the end of every round.
 
     References:
-        Salimans & Ho 2022, arXiv:2202.00512, Algorithm 2.
+        Salimans & Ho 2022, arXiv:2202.00512, Algorithm 2; Berthelot et al. 2023, arXiv:2303.04248 (``factor > 2``).
     """
 
     method_name = "progressive"
@@ -852,7 +885,7 @@ class ProgressiveDistillModule(DistillModule):
     def __init__(self, teacher=None, student: nn.Module | None = None, *, student_steps: int = 64, final_steps: int = 1,
                  steps_per_round: int | list[int] = 1000, student_prediction: str | None = None, grid: str = "uniform",
                  t_max: float | None = None, t_min: float | None = None, weighting: str | None = None, metric: str = "l2",
-                 **kwargs):
+                 factor: int | list[int] = 2, **kwargs):
         if teacher is None:
             raise ValueError("progressive distillation needs a teacher: pass --teacher <checkpoint> (flowgen distill) "
                              "or teacher=<checkpoint file or network>")
@@ -861,21 +894,15 @@ class ProgressiveDistillModule(DistillModule):
 
         n = _check_pos_int(student_steps, "student_steps")
         final = _check_pos_int(final_steps, "final_steps")
-        rounds, m = 1, n
-        while m > final:
-            if m % 2:
-                raise ValueError(f"student_steps={n} must be final_steps={final} times a power of two")
-            m //= 2
-            rounds += 1
-        if m != final:
-            raise ValueError(f"student_steps={n} must be final_steps={final} times a power of two")
+        self.factors = _round_factors(factor, n, final)
+        rounds = len(self.factors)
         self.num_rounds = rounds
         self.steps_per_round = _steps_list(steps_per_round, rounds, "steps_per_round")
         self.student = self._take_student()
         self.distiller = ProgressiveDistillation(
             self.teacher, student_steps=n, path=self.teacher_flow_path, teacher_prediction=self.teacher_pred,
             student_prediction=student_prediction, grid=grid, t_max=t_max, t_min=t_min, weighting=weighting,
-            metric=metric, event_shape=self.data_shape)
+            metric=metric, event_shape=self.data_shape, factor=self.factors[0])
         # the teacher of rounds >= 1 (the previous round's student): same architecture as the student
         self.round_teacher = _frozen(copy.deepcopy(self.student))
         self._attach_eval_ema()
@@ -895,7 +922,7 @@ class ProgressiveDistillModule(DistillModule):
     def start_phase(self, phase: int) -> None:
         self.round_teacher.load_state_dict(self.student.state_dict())
         _frozen(self.round_teacher)
-        self.distiller.next_round(teacher=self.round_teacher)
+        self.distiller.next_round(teacher=self.round_teacher, factor=self.factors[phase])
 
     def snapshot_name(self, phase: int) -> str | None:
         return f"progressive_N{self.distiller.student_steps}"

@@ -34,6 +34,14 @@ def test_progressive_target_and_loss_on_device(device):
     student = RandomLinearTeacher(3, seed=5).to(device)
     out = pd.loss(student, x.to(device), generator=torch.Generator().manual_seed(1))
     assert out.per_sample.device.type == torch.device(device).type and bool(torch.isfinite(out.loss))
+    # k = 4 teacher steps per student step: the same per-sample losses as on the CPU
+    def k4(tch):
+        return ProgressiveDistillation(tch, path=path, teacher_prediction="noise", student_steps=2, t_max=0.99, factor=4)
+
+    cpu4 = k4(RandomLinearTeacher(3, seed=2)).loss(RandomLinearTeacher(3, seed=5), x, generator=torch.Generator().manual_seed(1))
+    dev4 = k4(teacher).loss(student, x.to(device), generator=torch.Generator().manual_seed(1))
+    cpu4, dev4 = cpu4.per_sample, dev4.per_sample
+    torch.testing.assert_close(dev4.cpu(), cpu4, rtol=1e-10, atol=1e-12)
 
 
 def test_consistency_distillation_and_sampling_on_device(device):

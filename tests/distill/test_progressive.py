@@ -187,3 +187,76 @@ def test_bad_input_gives_clear_errors():
                            student_prediction="data")
     with pytest.raises(ValueError, match="state"):
         pd.load_state_dict({"round": 0})
+
+
+# --- k teacher steps per student step (factor > 2, TRACT-style rounds) ---------------------------------------------
+@pytest.mark.parametrize("path_name", sorted(PATHS))
+def test_one_student_step_lands_on_k_teacher_steps(path_name):
+    path = PATHS[path_name]()
+    dim, batch, k = 3, 5, 4
+    teacher = RandomLinearTeacher(dim, seed=2)
+    g = torch.Generator().manual_seed(11)
+    x_t = 2.0 * torch.randn(batch, dim, generator=g, dtype=F64)
+    t, _, t_next = _times(path, batch, g, final=False)
+    # k - 1 intermediate times, decreasing along each row
+    frac = torch.sort(torch.rand(batch, k - 1, generator=g, dtype=F64), dim=1, descending=True).values
+    t_mid = t_next[:, None] + (t - t_next)[:, None] * (0.05 + 0.9 * frac)
+    for tp, sp in (("noise", "v"), ("velocity", "data"), ("data", "noise")):
+        x = x_t
+        for a, b in zip([t, *t_mid.unbind(1)], [*t_mid.unbind(1), t_next]):
+            x = _ddim_reference(teacher, path, x, a, b, tp)
+        target = progressive_target(teacher, x_t=x_t, t=t, t_mid=t_mid, t_next=t_next, path=path,
+                                    teacher_prediction=tp, student_prediction=sp)
+        x_one = _ddim_reference(lambda xx, tt: target, path, x_t, t, t_next, sp)
+        err = (x_one - x).abs().max() / (1.0 + x.abs().max())
+        assert float(err) < 1e-11, (path_name, tp, sp, float(err))
+    # a (B, 1) t_mid is the paper's two steps
+    one = progressive_target(teacher, x_t=x_t, t=t, t_mid=t_mid[:, 1], t_next=t_next, path=path,
+                             teacher_prediction="v", student_prediction="v")
+    col = progressive_target(teacher, x_t=x_t, t=t, t_mid=t_mid[:, 1:2], t_next=t_next, path=path,
+                             teacher_prediction="v", student_prediction="v")
+    assert torch.equal(one, col)
+
+
+def test_factor_grids_draws_rounds_and_state():
+    path = PATHS["cosine"]()
+    gauss, teacher = _oracle_teacher(path)
+    pd = ProgressiveDistillation(teacher, student_steps=4, t_max=0.999, factor=4)
+    tg, sg = pd.teacher_grid, pd.student_grid
+    assert (pd.factor, tg.numel(), sg.numel()) == (4, 17, 5) and torch.equal(sg, tg[::4])
+    data = gauss.sample(64, generator=torch.Generator().manual_seed(1))
+    t, t_mid, t_next, noise = pd.draw(data, torch.Generator().manual_seed(3))
+    assert t_mid.shape == (64, 3)
+    idx = (t[:, None] == sg[None, :]).nonzero()[:, 1]
+    assert idx.numel() == 64 and set(idx.tolist()) == {0, 1, 2, 3}
+    assert torch.equal(t_next, sg[idx + 1])
+    assert torch.equal(t_mid, tg[4 * idx[:, None] + torch.arange(1, 4)])
+    student = RandomLinearTeacher(2, seed=9)
+    out = pd.loss(student, data, generator=torch.Generator().manual_seed(3))
+    ref = progressive_distillation_loss(student, teacher, data=data, noise=noise, t=t, t_mid=t_mid, t_next=t_next, path=path,
+                                        teacher_prediction="v", student_prediction="v")
+    torch.testing.assert_close(out.per_sample, ref, rtol=0, atol=0)
+    # the next round divides N by its own factor; the state carries it and resumes
+    pd.next_round(factor=2)
+    assert (pd.round, pd.student_steps, pd.factor) == (1, 2, 2) and torch.equal(pd.teacher_grid, sg)
+    b = ProgressiveDistillation(teacher, student_steps=4, t_max=0.999, factor=4)
+    b.load_state_dict(json.loads(json.dumps(pd.state_dict())))
+    assert (b.round, b.student_steps, b.factor) == (1, 2, 2) and torch.equal(b.teacher_grid, pd.teacher_grid)
+    old = pd.state_dict()
+    del old["factor"]  # a checkpoint written before the factor existed is a halving run
+    b.load_state_dict(old)
+    assert b.factor == 2
+    with pytest.raises(ValueError, match="not divisible by factor=4"):
+        ProgressiveDistillation(teacher, student_steps=6, factor=2).next_round(factor=4)
+    with pytest.raises(ValueError, match="factor must be an integer >= 2"):
+        ProgressiveDistillation(teacher, student_steps=4, factor=1)
+    with pytest.raises(ValueError, match="4\\*student_steps \\+ 1"):
+        ProgressiveDistillation(teacher, student_steps=2, factor=4, grid=[1.0, 0.5, 0.25, 0.0])
+    x = torch.randn(3, 2, dtype=F64)
+    t3 = torch.full((3,), 0.8, dtype=F64)
+    with pytest.raises(ValueError, match="columns decreasing"):
+        progressive_target(teacher, x_t=x, t=t3, t_mid=torch.tensor([[0.3, 0.5]] * 3, dtype=F64), t_next=t3 * 0.1,
+                           path=path, teacher_prediction="v", student_prediction="v")
+    with pytest.raises(ValueError, match="\\(B, k - 1\\)"):
+        progressive_target(teacher, x_t=x, t=t3, t_mid=torch.full((2, 2), 0.5, dtype=F64), t_next=t3 * 0.1,
+                           path=path, teacher_prediction="v", student_prediction="v")

@@ -130,6 +130,30 @@ def test_progressive_round_n_and_grid_live_in_the_checkpoint(rf_teacher, tmp_pat
     assert meta["generator"]["grid"] == [1.0, 0.5, 0.0]
 
 
+def test_progressive_factor_rounds_snapshot_and_resume_mid_round(rf_teacher, tmp_path, trainer_factory):
+    """factor=[2, 4, 2]: N = 8 (teacher 16 steps) → 2 (4 steps of the N = 8 student each) → 1; resumes in round 1."""
+    def make():
+        return ProgressiveDistillModule(rf_teacher, student_steps=8, factor=[2, 4, 2], steps_per_round=[3, 3, 4], lr=3e-3)
+
+    pl.seed_everything(0, verbose=False)
+    ref = make()
+    trainer_factory(tmp_path / "a", 10, deterministic=True, checkpoint_every=100).fit(ref, _data())
+    assert [os.path.basename(f) for f in ref.exported] == ["progressive_N8.ckpt", "progressive_N2.ckpt", "progressive_N1.ckpt"]
+    assert (ref.distiller.student_steps, ref.distiller.factor) == (1, 2)
+
+    pl.seed_everything(0, verbose=False)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer_factory(tmp_path / "b", 10, deterministic=True, checkpoint_every=4, callbacks=[Crash(5)]).fit(make(), _data())
+    last = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    prog = safe_load(last)["flowgen"]["distill_state"]["method_state"]["distiller"]
+    assert (prog["round"], prog["student_steps"], prog["factor"]) == (1, 2, 4)
+    assert prog["teacher_grid"] == [1.0 - i / 8 for i in range(9)]  # the round-0 student's grid: every 2nd of 16 steps
+    pl.seed_everything(999, verbose=False)
+    resumed = make()
+    trainer_factory(tmp_path / "b", 10, deterministic=True, checkpoint_every=100).fit(resumed, _data(), ckpt_path=str(last))
+    assert_same_state(state_of(ref), state_of(resumed))
+
+
 def test_reflow_resumes_after_a_crash_during_pair_generation(rf_teacher, tmp_path, trainer_factory, monkeypatch):
     import flowgen.distill.reflow as reflow_mod
 
@@ -204,6 +228,12 @@ def test_bad_schedules_are_refused(rf_teacher):
         ProgressiveDistillModule(rf_teacher, student_steps=6)
     with pytest.raises(ValueError, match="one per phase"):
         ProgressiveDistillModule(rf_teacher, student_steps=4, steps_per_round=[10, 10])
+    with pytest.raises(ValueError, match="times a power of factor=4"):
+        ProgressiveDistillModule(rf_teacher, student_steps=8, factor=4)
+    with pytest.raises(ValueError, match="must reach final_steps=1"):
+        ProgressiveDistillModule(rf_teacher, student_steps=8, factor=[2, 4])
+    with pytest.raises(ValueError, match="factor must be an integer >= 2"):
+        ProgressiveDistillModule(rf_teacher, student_steps=4, factor=1)
     with pytest.raises(ValueError, match="nothing to train"):
         ReflowModule(rf_teacher, reflow_rounds=0, distill=False)
     with pytest.raises(ValueError, match="pair_method"):  # at construction, not when the pairs are due
