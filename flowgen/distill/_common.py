@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .._random import randint as _randint
 from .._random import randn as _randn
-from .._validation import check_batch, check_finite
+from .._validation import check_batch, check_finite, checks_values
 from ..parameterization import Prediction
 from ..paths.base import Path
 
@@ -148,7 +148,7 @@ def check_loss(per_sample: Tensor, outputs: tuple[Tensor, ...], inputs: tuple[tu
     Otherwise the cause is an input: NaN/Inf in one of ``inputs`` (named), a ``t`` where the target or
     the weighting is infinite (``singular(t64)``; named with α and σ there), or an overflow — each a ValueError.
     """
-    if bool(torch.isfinite(per_sample).all()):
+    if not checks_values() or bool(torch.isfinite(per_sample).all()):
         return
     for out in outputs:
         if not bool(torch.isfinite(out).all()):

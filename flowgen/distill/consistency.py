@@ -64,7 +64,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_batch, check_finite, check_same_shape, check_time, expand_like
+from .._validation import check_batch, check_finite, check_same_shape, check_time, checks_values, expand_like
 from ..objectives.metrics import get_metric
 from ..objectives.objective import call_model
 from ..parameterization import Prediction
@@ -461,7 +461,7 @@ def teacher_ode_step(teacher, path: Path, prediction, *, solver="heun") -> Calla
 def _check_pair_times(data: Tensor, t: Tensor, s: Tensor) -> None:
     check_time(t, "t", batch=data.shape[0], device=data.device)
     check_time(s, "s", batch=data.shape[0], device=data.device)
-    if not bool((t > s).all()):
+    if checks_values() and not bool((t > s).all()):
         raise ValueError("times must satisfy t > s for every sample (t is the noisier end of the interval)")
 
 

@@ -461,12 +461,16 @@ def one_step_distillation_loss(student, *, noise: Tensor, endpoint: Tensor, path
                      t_max=t_max, t_min=t_min, cond=cond).per_sample
 
 
-def _one_step(student, *, noise, endpoint, path, prediction, metric, t_max, t_min, cond) -> DistillOutput:
+def _sigma_at(path: Path, t: float) -> float:
+    return float(path._sigma(torch.tensor([t], dtype=torch.float64))[0])
+
+
+def _one_step(student, *, noise, endpoint, path, prediction, metric, t_max, t_min, cond, sigma_max=None) -> DistillOutput:
     if not isinstance(path, Path):
         raise TypeError(f"path must be a flowgen Path, got {type(path).__name__}")
     _check_pairs(noise, endpoint)
     t_max, t_min = _interval(path, t_max, t_min)
-    sigma_max = float(path._sigma(torch.tensor([t_max], dtype=torch.float64))[0])
+    sigma_max = _sigma_at(path, t_max) if sigma_max is None else sigma_max
     check_model(student, "student")
     x_T = sigma_max * noise
     b = noise.shape[0]
@@ -490,11 +494,12 @@ class OneStepDistillation:
         self.prediction = Prediction.parse(prediction)
         self.metric = get_metric(metric)
         self.t_max, self.t_min = _interval(path, t_max, t_min)
+        self._sigma_max = _sigma_at(path, self.t_max)
 
     def loss(self, student, noise: Tensor, endpoint: Tensor, cond=None) -> DistillOutput:
         """Evaluate on a batch of pairs ``(B, *D)``; see :func:`one_step_distillation_loss`."""
         return _one_step(student, noise=noise, endpoint=endpoint, path=self.path, prediction=self.prediction,
-                         metric=self.metric, t_max=self.t_max, t_min=self.t_min, cond=cond)
+                         metric=self.metric, t_max=self.t_max, t_min=self.t_min, cond=cond, sigma_max=self._sigma_max)
 
     def __call__(self, student, noise: Tensor, endpoint: Tensor, cond=None) -> Tensor:
         return self.loss(student, noise, endpoint, cond).loss

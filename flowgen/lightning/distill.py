@@ -72,7 +72,8 @@ from ..checkpoint import (
 from ..parameterization import Prediction
 from ..paths import path_from_config, path_to_config
 from ..paths.base import Path
-from .module import LightHookNames, default_steps
+from .._validation import value_checks
+from .module import LightHookNames, NonFiniteLossError, NonFiniteTracker, default_steps, update_ema
 
 __all__ = [
     "DistillModule",
@@ -429,6 +430,8 @@ class DistillModule(LightHookNames, pl.LightningModule):
         self._k = 0
         self._loss_sum: Tensor | None = None
         self._loss_n = 0
+        self._nonfinite = NonFiniteTracker()
+        self._ema_state: dict = {}  # update_ema's host-side step count and cached tensor lists
         self._val_ref: list[Tensor] = []
         self.last_metrics: dict[str, float] = {}
         self.last_samples: Tensor | None = None  # fewest-step samples of the last validation (for SamplePlotCallback)
@@ -461,6 +464,7 @@ class DistillModule(LightHookNames, pl.LightningModule):
         if self.student_ema is not None:
             self.student_ema.initted.fill_(False)
             self.student_ema.step.zero_()
+            self._ema_state = {"ema_step": 0, "ema_initted": False}
 
     @property
     def sampling_student(self) -> nn.Module:
@@ -614,6 +618,15 @@ class DistillModule(LightHookNames, pl.LightningModule):
             self.on_resume()
             self._pending_state = None
         self._check_data_shape()
+        self._nonfinite.reset()
+        if self.student_ema is not None:  # the EMA's step and flag as loaded (one read per fit)
+            self._ema_state = {"ema_step": None, "ema_initted": bool(self.student_ema.initted)}
+
+    def _apply(self, fn, *args, **kwargs):
+        state = self.__dict__.get("_ema_state")
+        if state:
+            state.pop("ema_pairs", None)  # .to()/.cuda()/.half() may replace the tensors the EMA step holds
+        return super()._apply(fn, *args, **kwargs)
 
     def _check_data_shape(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
@@ -629,6 +642,8 @@ class DistillModule(LightHookNames, pl.LightningModule):
     def on_train_batch_start(self, batch, batch_idx: int):
         step = int(self.global_step)
         target = self.phase_at(step)
+        if self.phase < target:
+            self._check_deferred_nonfinite()  # before the phase's student is exported
         while self.phase < target:
             self._end_phase(self.phase)
             self.phase += 1
@@ -650,24 +665,48 @@ class DistillModule(LightHookNames, pl.LightningModule):
             raise ValueError(f"data has per-sample shape {tuple(data.shape[1:])}, expected {tuple(self.data_shape)} "
                              f"(the teacher's data shape); full batch shape {tuple(data.shape)}")
         self._k = int(self.global_step)
-        out = self.distill_loss(data, self._k)
-        loss = out.loss
-        if not bool(torch.isfinite(loss.detach())):
-            from .module import NonFiniteLossError
-
-            raise NonFiniteLossError(f"non-finite distillation loss ({float(loss)}) at global step {self._k} "
-                                     f"({self.phase_name(self.phase)}); lower the learning rate or check the teacher")
+        if self._reads_are_free(data):
+            out = self.distill_loss(data, self._k)
+            loss = out.loss
+            if not bool(torch.isfinite(loss.detach())):
+                self._raise_nonfinite(self._k, loss)
+        else:
+            # on an accelerator every host read of a value is a device sync: the distillers' inputs come from
+            # checked CPU grids and tables, and a non-finite loss is recorded on the device and raised (naming
+            # its step) at the next log, checkpoint, validation or the end of training
+            with value_checks(False):
+                out = self.distill_loss(data, self._k)
+            loss = out.loss
+            self._nonfinite.track(loss.detach(), self._k)
         # Lightning's self.log costs milliseconds per call: log (a window mean) only where the logger writes
         self._loss_sum = loss.detach() + (self._loss_sum if self._loss_sum is not None else 0.0)
         self._loss_n += 1
         if self._should_log():
-            self.log("train/loss", self._loss_sum / self._loss_n, on_step=True, on_epoch=False, prog_bar=True,
+            self._check_deferred_nonfinite()
+            # a host tensor: Lightning reads progress-bar values back on every step (a sync per step for a device tensor)
+            self.log("train/loss", (self._loss_sum / self._loss_n).cpu(), on_step=True, on_epoch=False, prog_bar=True,
                      batch_size=data.shape[0])
             self.log("train/phase", float(self.phase), on_step=True, on_epoch=False, batch_size=data.shape[0])
             for k, v in self.step_logs(self._k).items():
                 self.log(k, v, on_step=True, on_epoch=False, batch_size=data.shape[0])
             self._loss_sum, self._loss_n = None, 0
         return loss
+
+    @staticmethod
+    def _reads_are_free(data: Tensor) -> bool:
+        """Whether reading values on the host is free for this batch (on the CPU; a device sync elsewhere)."""
+        return data.device.type == "cpu"
+
+    def _check_deferred_nonfinite(self) -> None:
+        step = self._nonfinite.first_bad()
+        if step is not None:
+            self._raise_nonfinite(step, None)
+
+    def _raise_nonfinite(self, step: int, loss: Tensor | None):
+        what = f" ({float(loss)})" if loss is not None else ""
+        raise NonFiniteLossError(f"non-finite distillation loss{what} at global step {step} "
+                                 f"({self.phase_name(self.phase_at(step))}); lower the learning rate or check the teacher "
+                                 "and the data for NaN/Inf")
 
     def _should_log(self) -> bool:
         try:
@@ -682,10 +721,16 @@ class DistillModule(LightHookNames, pl.LightningModule):
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
         self.after_optimizer_step(self._k)
+        self._update_eval_ema()
+
+    def _update_eval_ema(self) -> None:
+        """One update of the evaluation EMA, without ema-pytorch's host reads (:func:`~flowgen.lightning.module.update_ema`)."""
         if self.student_ema is not None:
-            self.student_ema.update()
+            trainer = getattr(self, "_trainer", None)
+            update_ema(self.student_ema, self._ema_state, getattr(trainer, "strategy", None) if trainer is not None else None)
 
     def on_train_end(self) -> None:
+        self._check_deferred_nonfinite()
         self._end_phase(self.phase, final=True)
         self._save_final_checkpoint()
 
@@ -721,6 +766,7 @@ class DistillModule(LightHookNames, pl.LightningModule):
         return {}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_deferred_nonfinite()  # never save weights trained on a non-finite loss
         meta = self.metadata()
         meta["rng"] = capture_rng_state()
         meta[RUN_STATE_KEY] = {
@@ -789,6 +835,7 @@ class DistillModule(LightHookNames, pl.LightningModule):
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
+        self._check_deferred_nonfinite()
         self._val_ref = []
 
     def validation_step(self, batch, batch_idx: int):
@@ -1206,6 +1253,7 @@ class ConsistencyModule(DistillModule):
         return times
 
     def on_train_end(self) -> None:
+        self._check_deferred_nonfinite()
         if self.tune_sample_times and self.data_shape is not None:
             self.tune_times()
         super().on_train_end()

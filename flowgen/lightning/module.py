@@ -78,6 +78,78 @@ def ema_decay(step: int, *, update_after_step: int, inv_gamma: float, power: flo
     return float(value.clamp(min=min_value, max=beta))
 
 
+def update_ema(ema, state: dict, strategy=None) -> None:
+    """ema-pytorch's ``EMA.update()`` without its host reads.
+
+    ``EMA.update`` reads its step and init flags and its decay with ``.item()``: four device syncs
+    per step on an accelerator, which stop the host from queueing the next step. The step count is
+    kept on the host in ``state["ema_step"]`` (``None``: read once, after construction, a checkpoint
+    load or a restart) with ``state["ema_initted"]``; the decay is computed there by :func:`ema_decay`
+    (ema-pytorch's formula in its float32 arithmetic), and the averaging itself is still
+    ema-pytorch's ``update_moving_average`` / ``copy_params_from_model_to_ema``; the result is bitwise
+    that of ``EMA.update`` (tested). ``strategy``: the Lightning strategy, if any (see :func:`ema_pairs`).
+    """
+    s = state.get("ema_step")
+    if s is None:
+        s = int(ema.step)  # one read after construction, a checkpoint load or a restart
+    if not state.get("ema_initted"):
+        ema.update()  # initialises (copies the weights) once
+        state["ema_initted"] = True
+    else:
+        ema.step.add_(1)
+        if s % ema.update_every == 0:
+            if s <= ema.update_after_step:
+                ema.copy_params_from_model_to_ema()
+            else:
+                decay = ema_decay(s, update_after_step=ema.update_after_step, inv_gamma=ema.inv_gamma,
+                                  power=ema.power, min_value=ema.min_value, beta=ema.beta)
+                pairs = ema_pairs(ema, state, strategy)
+                if pairs is None:
+                    ema.update_moving_average(ema.ema_model, ema.model, current_decay=decay)
+                else:
+                    if pairs[0]:
+                        torch._foreach_copy_(pairs[0], pairs[1])
+                    if pairs[2]:
+                        torch._foreach_lerp_(pairs[2], pairs[3], 1.0 - decay)
+    state["ema_step"] = s + 1
+
+
+def ema_pairs(ema, state: dict, strategy=None):
+    """ema-pytorch's ``update_moving_average`` selection of ``(ema, online)`` tensors, made once.
+
+    ``(copy targets, copy sources, lerp targets, lerp sources)`` as ema-pytorch picks them
+    (named parameters and buffers it tracks, minus its ignored names; ``param_or_buffer_names_no_ema``
+    copied), so each step is its two foreach calls without walking the modules again; cached in
+    ``state["ema_pairs"]`` (pop it when the tensors may move). ``None`` (use ema-pytorch's own
+    method) when its options move or cast tensors per step, or under any strategy but a single
+    device or plain DDP (a sharding one may swap the parameters' storage).
+    """
+    cached = state.get("ema_pairs")
+    if cached is not None:
+        return cached[0]
+    pairs = None
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+    unsharded = strategy is None or type(strategy) in (SingleDeviceStrategy, DDPStrategy)  # not DeepSpeed, a DDP subclass
+    if (ema.use_foreach and not ema.is_frozen and not ema.allow_different_devices and not ema.coerce_dtype
+            and not ema.move_ema_to_online_device and unsharded):
+        def tracked(model):
+            items = list(ema.get_params_iter(model)) + list(ema.get_buffers_iter(model))
+            return [(n, x) for n, x in items if n not in ema.ignore_names
+                    and not any(n.startswith(p) for p in ema.ignore_startswith_names)]
+
+        online, averaged = tracked(ema.model), tracked(ema.ema_model)
+        if [n for n, _ in online] == [n for n, _ in averaged]:
+            lists: tuple[list, list, list, list] = ([], [], [], [])
+            for (name, src), (_, tgt) in zip(online, averaged):
+                k = 0 if name in ema.param_or_buffer_names_no_ema else 2
+                lists[k].append(tgt.data)
+                lists[k + 1].append(src.data)
+            pairs = lists
+    state["ema_pairs"] = (pairs,)
+    return pairs
+
+
 def _given_hparams() -> dict | None:
     """The plain config LightningCLI is instantiating this module from, if any."""
     try:
@@ -98,6 +170,39 @@ def _unpack(batch) -> tuple[Tensor, Tensor | None]:
     if isinstance(batch, dict) and "data" in batch:
         return batch["data"], batch.get("cond")
     raise TypeError(f"a batch must be a tensor, (data, labels) or {{'data': ..., 'cond': ...}}, got {type(batch).__name__}")
+
+
+class NonFiniteTracker:
+    """The first training step whose loss was non-finite, recorded on the loss's device.
+
+    :meth:`track` costs no host read (a device synchronisation on a GPU); :meth:`first_bad`
+    reads the record once, where the host needs the device anyway (a log step, a checkpoint,
+    validation, the end of training).
+    """
+
+    __slots__ = ("step", "first")
+
+    def __init__(self):
+        self.step: Tensor | None = None
+        self.first: Tensor | None = None
+
+    def reset(self) -> None:
+        self.step = self.first = None
+
+    def track(self, loss: Tensor, global_step: int) -> None:
+        if self.step is None or self.step.device != loss.device:
+            self.step = torch.tensor(global_step, device=loss.device)
+            self.first = torch.tensor(-1, device=loss.device)
+        bad = ~torch.isfinite(loss)
+        self.first = torch.where(bad & (self.first < 0), self.step, self.first)
+        self.step = self.step + 1
+
+    def first_bad(self) -> int | None:
+        """The global step of the first non-finite loss tracked, or ``None``."""
+        if self.first is None:
+            return None
+        step = int(self.first)
+        return step if step >= 0 else None
 
 
 class LightHookNames:
@@ -297,8 +402,7 @@ class FlowModule(LightHookNames, pl.LightningModule):
         self.last_metrics: dict[str, float] = {}
         self._pending_rng: dict | None = None
         self._hot = {"loss_sum": None, "loss_n": 0, "skipped": False, "ema_step": None}
-        self._step_dev: Tensor | None = None
-        self._first_bad: Tensor | None = None
+        self._nonfinite = NonFiniteTracker()
         self._val_ref: list[Tensor] = []
         self._val_labels: list[Tensor] = []
         self._val_loss: list[Tensor] = []
@@ -393,7 +497,7 @@ class FlowModule(LightHookNames, pl.LightningModule):
         elif self.skip_nonfinite:  # must decide before the optimizer step: one device sync
             value, finite = detached, bool(torch.isfinite(detached))
         else:  # recorded on the device, checked when logs/checkpoints/validation need the host anyway
-            self._track_nonfinite(detached)
+            self._nonfinite.track(detached, self.global_step)
             value, finite = detached, True
         if not finite:
             if not self.skip_nonfinite:
@@ -430,7 +534,7 @@ class FlowModule(LightHookNames, pl.LightningModule):
 
         On the CPU, the objective itself. On an accelerator, a copy with ``check_finite=False``: its
         check reads the loss on the host, a device synchronisation per step. A non-finite loss is
-        still caught: :meth:`_track_nonfinite` records it on the device, and the run stops with
+        still caught: a :class:`NonFiniteTracker` records it on the device, and the run stops with
         :class:`NonFiniteLossError` naming that step at the next log, checkpoint or validation,
         before anything is written.
         """
@@ -484,19 +588,10 @@ class FlowModule(LightHookNames, pl.LightningModule):
         except (AttributeError, RuntimeError):
             return True
 
-    def _track_nonfinite(self, loss: Tensor) -> None:
-        if self._step_dev is None or self._step_dev.device != loss.device:
-            self._step_dev = torch.tensor(self.global_step, device=loss.device)
-            self._first_bad = torch.tensor(-1, device=loss.device)
-        bad = ~torch.isfinite(loss)
-        self._first_bad = torch.where(bad & (self._first_bad < 0), self._step_dev, self._first_bad)
-        self._step_dev = self._step_dev + 1
-
     def _check_deferred_nonfinite(self) -> None:
-        if self._first_bad is not None:
-            step = int(self._first_bad)
-            if step >= 0:
-                self._raise_nonfinite(step, None)
+        step = self._nonfinite.first_bad()
+        if step is not None:
+            self._raise_nonfinite(step, None)
 
     def _raise_nonfinite(self, step: int, loss: Tensor | None):
         what = f" ({float(loss)})" if loss is not None else ""
@@ -568,75 +663,15 @@ class FlowModule(LightHookNames, pl.LightningModule):
         self._hot["graph"] = StepGraph(self._compute_loss, optimizer, params, clip=clip, warmup=3)
 
     def _update_ema(self) -> None:
-        """ema-pytorch's ``update()`` without its host reads.
-
-        ``EMA.update`` reads its step and init flags and its decay with ``.item()``: four device syncs
-        per step on an accelerator, which stop the host from queueing the next step. The step count is
-        kept on the host here, the decay is computed there by :func:`ema_decay` (ema-pytorch's formula
-        in its float32 arithmetic), and the averaging itself is still ema-pytorch's
-        ``update_moving_average`` / ``copy_params_from_model_to_ema``; the result is bitwise that of
-        ``EMA.update`` (tested).
-        """
-        ema, hot = self.ema, self._hot
-        s = hot["ema_step"]
-        if s is None:
-            s = int(ema.step)  # one read after construction or a checkpoint load
-        if not hot.get("ema_initted"):
-            ema.update()  # initialises (copies the weights) once
-            hot["ema_initted"] = True
-        else:
-            ema.step.add_(1)
-            if s % ema.update_every == 0:
-                if s <= ema.update_after_step:
-                    ema.copy_params_from_model_to_ema()
-                else:
-                    decay = ema_decay(s, update_after_step=ema.update_after_step, inv_gamma=ema.inv_gamma,
-                                      power=ema.power, min_value=ema.min_value, beta=ema.beta)
-                    pairs = self._ema_pairs()
-                    if pairs is None:
-                        ema.update_moving_average(ema.ema_model, ema.model, current_decay=decay)
-                    else:
-                        if pairs[0]:
-                            torch._foreach_copy_(pairs[0], pairs[1])
-                        if pairs[2]:
-                            torch._foreach_lerp_(pairs[2], pairs[3], 1.0 - decay)
-        hot["ema_step"] = s + 1
+        """ema-pytorch's ``update()`` without its host reads (see :func:`update_ema`)."""
+        update_ema(self.ema, self._hot, self._strategy())
 
     def _ema_pairs(self):
-        """ema-pytorch's ``update_moving_average`` selection of ``(ema, online)`` tensors, made once.
+        """The cached ``(ema, online)`` tensor lists of :func:`update_ema` (``None``: ema-pytorch's own method)."""
+        return ema_pairs(self.ema, self._hot, self._strategy())
 
-        ``(copy targets, copy sources, lerp targets, lerp sources)`` as ema-pytorch picks them
-        (named parameters and buffers it tracks, minus its ignored names; ``param_or_buffer_names_no_ema``
-        copied), so each step is its two foreach calls without walking the modules again. ``None``
-        (use ema-pytorch's own method) when its options move or cast tensors per step, or under any
-        strategy but a single device or plain DDP (a sharding one may swap the parameters' storage).
-        """
-        hot, ema = self._hot, self.ema
-        cached = hot.get("ema_pairs")
-        if cached is not None:
-            return cached[0]
-        pairs = None
-        from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
-
-        strategy = getattr(self._trainer, "strategy", None) if self._trainer is not None else None
-        unsharded = strategy is None or type(strategy) in (SingleDeviceStrategy, DDPStrategy)  # not DeepSpeed, a DDP subclass
-        if (ema.use_foreach and not ema.is_frozen and not ema.allow_different_devices and not ema.coerce_dtype
-                and not ema.move_ema_to_online_device and unsharded):
-            def tracked(model):
-                items = list(ema.get_params_iter(model)) + list(ema.get_buffers_iter(model))
-                return [(n, x) for n, x in items if n not in ema.ignore_names
-                        and not any(n.startswith(p) for p in ema.ignore_startswith_names)]
-
-            online, averaged = tracked(ema.model), tracked(ema.ema_model)
-            if [n for n, _ in online] == [n for n, _ in averaged]:
-                lists: tuple[list, list, list, list] = ([], [], [], [])
-                for (name, src), (_, tgt) in zip(online, averaged):
-                    k = 0 if name in ema.param_or_buffer_names_no_ema else 2
-                    lists[k].append(tgt.data)
-                    lists[k + 1].append(src.data)
-                pairs = lists
-        hot["ema_pairs"] = (pairs,)
-        return pairs
+    def _strategy(self):
+        return getattr(self._trainer, "strategy", None) if self._trainer is not None else None
 
     # ------------------------------------------------------------------ hooks: fit / resume
     def on_train_start(self) -> None:
@@ -652,7 +687,7 @@ class FlowModule(LightHookNames, pl.LightningModule):
             self._hot["ema_step"] = int(self.ema.step)
             self._hot["ema_initted"] = bool(self.ema.initted)
         self._hot.pop("ema_pairs", None)
-        self._step_dev = None
+        self._nonfinite.reset()
         self._hot.pop("graph", None)
         if self.cuda_graph:
             self._setup_graph()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._validation import check_batch, check_finite, check_time, expand_like
+from .._validation import check_batch, check_finite, check_time, checks_values, expand_like
 from ..parameterization import Prediction
 from ..paths.base import Path
 from .adapters import _describe_singular, _Evaluator, conversion_coefficients, singular_for
@@ -39,6 +39,18 @@ def _as_times(v, name: str, batch: int, device) -> Tensor:
     return v
 
 
+class _FirstTime:
+    """``t[0]`` for error messages, read from the device only when a message is formatted."""
+
+    __slots__ = ("t",)
+
+    def __init__(self, t: Tensor):
+        self.t = t
+
+    def __format__(self, spec: str) -> str:
+        return format(float(self.t.detach().flatten()[0]), spec)
+
+
 class _Field:
     """Per-sample conversions of the model's output, with singular times refused."""
 
@@ -46,6 +58,8 @@ class _Field:
         self.ev, self.path, self.prediction, self.x = ev, path, prediction, x
 
     def check(self, t: Tensor, target: Prediction, what: str, name: str = "t") -> None:
+        if not checks_values():  # see flowgen._validation.value_checks: the caller checked its times
+            return
         bad = singular_for(self.path, t.detach().to(torch.float64), self.prediction, target)
         if bool(bad.any()):
             tb = float(t[bad.nonzero()[0, 0]])
@@ -57,7 +71,7 @@ class _Field:
         return expand_like(c_x, like).to(like.dtype), expand_like(c_p, like).to(like.dtype)
 
     def raw(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.ev(x, t.to(x.dtype), "-", float(t.detach().flatten()[0]))
+        return self.ev(x, t.to(x.dtype), "-", _FirstTime(t))
 
     def get(self, x: Tensor, t: Tensor, target: Prediction) -> Tensor:
         p = self.raw(x, t)
@@ -92,7 +106,7 @@ def step(model, path: Path, x: Tensor, *, t, s, prediction, method="euler", cond
     out = _step(model, path, x, t=t, s=s, prediction=prediction, method=method, cond=cond, guidance_scale=guidance_scale,
                 null_cond=null_cond, eta=eta, generator=generator)
     # one reduction on the result; the diagnosis below runs only when it fails
-    if out.numel() and not bool(torch.isfinite(out).all()):
+    if out.numel() and checks_values() and not bool(torch.isfinite(out).all()):
         check_finite(x, "x")
         raise ValueError(
             f"{Method.parse(method).value} step produced non-finite values from a finite x: the model output "
@@ -160,10 +174,8 @@ def _step(model, path: Path, x: Tensor, *, t, s, prediction, method="euler", con
         end_bad = singular_for(path, s64, prediction, V)
         s_eval = torch.where(end_bad, t64, s64)
         k2 = f.get(x1, s_eval, V)
-        out = x + 0.5 * h * (k1 + k2)
-        if bool(end_bad.any()):
-            out = torch.where(expand_like(end_bad, x), x1, out)
-        return out
+        # where s is singular, the Euler step (no read of end_bad on the host: a device sync on a GPU)
+        return torch.where(expand_like(end_bad, x), x1, x + 0.5 * h * (k1 + k2))
     # RK4
     tm = 0.5 * (t64 + s64)
     f.check(tm, V, "rk4_step", "(t + s)/2")

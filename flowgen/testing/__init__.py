@@ -4,6 +4,8 @@
   closed-form posteriors, velocity, score and (Gaussian) flow map under any path.
 * :mod:`flowgen.testing.strategies` — hypothesis strategies: every built-in path, random
   valid user schedules, times away from singular ends, shapes, predictions, data/noise.
+* :class:`HostReads` — counts a block's host reads of tensor values (the device
+  synchronisations it would make on a GPU), so a CPU test can pin a training step's.
 
 The strategies need ``hypothesis`` (the ``test`` extra). This package imports without it:
 the strategy names below (``paths``, ``times``, …) and the ``strategies`` submodule are loaded
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 
+from .host_reads import HostReads
 from .oracles import GaussianData, GaussianMixture, OracleModel
 
 _STRATEGY_NAMES = (
@@ -38,7 +41,7 @@ _STRATEGY_NAMES = (
 )
 
 # Only the eager names: ``from flowgen.testing import *`` must work without hypothesis too.
-__all__ = ["GaussianData", "GaussianMixture", "OracleModel"]
+__all__ = ["GaussianData", "GaussianMixture", "OracleModel", "HostReads"]
 
 
 def __getattr__(name: str):

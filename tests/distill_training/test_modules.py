@@ -428,3 +428,58 @@ def test_consistency_multistep_times_are_chosen_greedily_and_stored(rf_teacher, 
     assert meta["generator"]["step_times"] == {str(k): v for k, v in times.items()}
     assert load_student(tmp_path / "checkpoints" / "last.ckpt").step_times == times
 
+
+
+# --- the accelerator path (no host reads per step), exercised on the CPU ---------------------------------------------
+def _device_path(monkeypatch):
+    """Make the modules take the path they take on an accelerator: value checks off, non-finite losses deferred."""
+    from flowgen.lightning.distill import DistillModule
+
+    monkeypatch.setattr(DistillModule, "_reads_are_free", staticmethod(lambda data: False))
+
+
+@pytest.mark.parametrize("method", ["progressive", "consistency_distillation", "reflow"])
+def test_the_accelerator_path_trains_bitwise_as_the_cpu_path(method, rf_teacher, tmp_path, trainer_factory, monkeypatch):
+    more = {"eval_ema_decay": 0.5}
+    ref = _run(method, rf_teacher, tmp_path / "a", trainer_factory, deterministic=True, module_kw=more)
+    _device_path(monkeypatch)
+    dev = _run(method, rf_teacher, tmp_path / "b", trainer_factory, deterministic=True, module_kw=more)
+    assert_same_state(state_of(ref), state_of(dev))
+
+
+def test_a_training_step_on_the_accelerator_path_reads_nothing_on_the_host(rf_teacher, monkeypatch):
+    from flowgen.data.toys import moons
+
+    from flowgen.testing import HostReads
+
+    _device_path(monkeypatch)
+    module = ProgressiveDistillModule(rf_teacher, student_steps=4, steps_per_round=[3, 3, 4], lr=3e-3, eval_ema_decay=0.5)
+    module._should_log = lambda: False  # not a log step (those read the window's mean once)
+    data = moons(32, generator=torch.Generator().manual_seed(0))
+    module.training_step(data, 0)  # the first step sets up the tracker
+    module._update_eval_ema()  # the first update initialises the EMA (reads its flags once)
+    with HostReads() as reads:
+        for _ in range(3):
+            module.training_step(data, 0).backward()
+    assert reads.count == 0, dict(reads.where)
+    with HostReads() as ema_reads:
+        module._update_eval_ema()
+    # the decay is a host scalar computed on the CPU (flowgen.lightning.module.ema_decay), no device value
+    assert ema_reads.count == 1 and all(k.startswith("lightning/module.py:") and k.endswith("__float__") for k in ema_reads.where)
+
+
+def test_a_non_finite_loss_on_the_accelerator_path_stops_the_run_naming_its_step(rf_teacher, tmp_path, trainer_factory,
+                                                                                monkeypatch):
+    from flowgen.lightning.module import NonFiniteLossError
+
+    class Poison(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 4:  # round 1 (N = 2): the student's weights blow up
+                with torch.no_grad():
+                    next(pl_module.student.parameters()).fill_(float("nan"))
+
+    _device_path(monkeypatch)
+    with pytest.raises(NonFiniteLossError, match="global step 4 \\(round 1"):
+        _run("progressive", rf_teacher, tmp_path, trainer_factory, checkpoint_every=100, callbacks=[Poison()])
+    students = os.listdir(tmp_path / "students") if os.path.isdir(tmp_path / "students") else []
+    assert "progressive_N2.ckpt" not in students  # raised at the round's end, before its student was exported
