@@ -10,6 +10,10 @@ backward, ``torch.optim.Adam`` step, with the digits recipes' U-Net (base 16 cha
   divided by 10 — every host read of a device value (finiteness and range checks, ``float(t)``);
 * ``ms_per_step``: wall time of 50 steps after 5 warm-up steps, device synchronised at both ends.
 
+Each case runs twice: with the loss objects' argument checks (their default, as in a custom loop)
+and inside ``flowgen._validation.value_checks(False)``, as the distillation modules train on an
+accelerator.
+
 Run on a machine with a CUDA GPU::
 
     python benchmarks/distill_step_overhead.py [--out benchmarks/results]
@@ -27,6 +31,8 @@ import warnings
 from pathlib import Path
 
 import torch
+
+from flowgen._validation import value_checks
 
 HERE = Path(__file__).resolve().parent
 
@@ -62,8 +68,13 @@ def _cases(device: torch.device, batch: int):
     return cases, torch.optim.Adam(student.parameters(), lr=1e-4)
 
 
-def measure(device: torch.device, *, batch: int = 128, steps: int = 50) -> dict:
-    """``{case: {"syncs_per_step", "ms_per_step"}}`` (syncs ``None`` off CUDA)."""
+def measure(device: torch.device, *, batch: int = 128, steps: int = 50, checks: bool = True) -> dict:
+    """``{case: {"syncs_per_step", "ms_per_step"}}`` (syncs ``None`` off CUDA), under ``value_checks(checks)``."""
+    with value_checks(checks):
+        return _measure(device, batch=batch, steps=steps)
+
+
+def _measure(device: torch.device, *, batch: int, steps: int) -> dict:
     cases, opt = _cases(device, batch)
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -107,13 +118,19 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(HERE / "results"), help="results folder")
     a = p.parse_args(argv)
     device = torch.device(a.device)
-    rows = measure(device, batch=a.batch, steps=a.steps)
+    on = measure(device, batch=a.batch, steps=a.steps, checks=True)
+    off = measure(device, batch=a.batch, steps=a.steps, checks=False)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    r = {"device": name, "torch": torch.__version__, "batch": a.batch, "steps": a.steps, "results": rows}
+    r = {"device": name, "torch": torch.__version__, "batch": a.batch, "steps": a.steps,
+         "results": on, "results_without_value_checks": off}
     md = [f"Eager distillation steps on {name} (torch {torch.__version__}), digits U-Net, batch {a.batch}", "",
-          "| step | host syncs per step | ms per step |", "|---|---|---|"]
-    md += [f"| {k} | {v['syncs_per_step'] if v['syncs_per_step'] is not None else 'n/a'} | {v['ms_per_step']} |"
-           for k, v in rows.items()]
+          "| step | host syncs per step (checks on / off) | ms per step (checks on / off) |", "|---|---|---|"]
+
+    def cell(v):
+        return "n/a" if v is None else v
+
+    md += [f"| {k} | {cell(on[k]['syncs_per_step'])} / {cell(off[k]['syncs_per_step'])} | "
+           f"{on[k]['ms_per_step']} / {off[k]['ms_per_step']} |" for k in on]
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "distill_step_overhead.json"), "w") as fh:
         json.dump(r, fh, indent=2)
