@@ -18,7 +18,7 @@ def test_lazy_names_resolve_to_the_strategies_module():
     for name in fst.__all__:
         assert getattr(flowgen.testing, name) is getattr(fst, name)
         assert name in dir(flowgen.testing)
-    assert set(flowgen.testing.__all__) == {"GaussianData", "GaussianMixture", "OracleModel"}  # star-import needs no hypothesis
+    assert set(flowgen.testing.__all__) == {"GaussianData", "GaussianMixture", "OracleModel", "HostReads"}  # star-import needs no hypothesis
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         flowgen.testing.nope  # noqa: B018
 
