@@ -49,7 +49,19 @@ from ..parameterization import Prediction, convert_with_coefficients, singular_a
 from ..paths import path_to_config
 from ..paths.base import Path
 from ..samplers import Grid, check_grid, make_grid, step
-from ._common import DistillOutput, check_data, check_int, check_loss, check_model, randint, randn, resolve_teacher, time_dtype
+from ..samplers.steps import _step
+from ._common import (
+    DistillOutput,
+    check_data,
+    check_int,
+    check_loss,
+    check_model,
+    check_probability,
+    randint,
+    randn,
+    resolve_teacher,
+    time_dtype,
+)
 
 __all__ = [
     "TruncatedSNRWeight",
@@ -209,7 +221,7 @@ def progressive_distillation_loss(student, teacher, *, data: Tensor, noise: Tens
 
 
 def _progressive(student, teacher, *, data, noise, t, t_mid, t_next, path, teacher_prediction, student_prediction,
-                 weighting, metric, cond) -> DistillOutput:
+                 weighting, metric, cond, x_t=None) -> DistillOutput:
     if not isinstance(path, Path):
         raise TypeError(f"path must be a flowgen Path, got {type(path).__name__}")
     check_model(student, "student")
@@ -221,9 +233,10 @@ def _progressive(student, teacher, *, data, noise, t, t_mid, t_next, path, teach
     weighting = TruncatedSNRWeight() if weighting is None else get_weighting(weighting)
     metric = get_metric(metric)
     _check_times(data, t, t_mid, t_next)
-    t64 = t.detach().to(torch.float64)
-    a, s = path._alpha(t64), path._sigma(t64)
-    x_t = (expand_like(a, data).to(data.dtype) * data + expand_like(s, data).to(data.dtype) * noise)
+    if x_t is None:
+        t64 = t.detach().to(torch.float64)
+        a, s = path._alpha(t64), path._sigma(t64)
+        x_t = (expand_like(a, data).to(data.dtype) * data + expand_like(s, data).to(data.dtype) * noise)
     target = progressive_target(teacher, x_t=x_t, t=t, t_mid=t_mid, t_next=t_next, path=path,
                                 teacher_prediction=teacher_prediction, student_prediction=sp, cond=cond)
     pred = call_model(student, x_t, t, cond)
@@ -260,6 +273,12 @@ class ProgressiveDistillation:
         event_shape: if given, data must have shape ``(B, *event_shape)``.
         factor: ``k``, the teacher's DDIM steps per student step in the first round (2, the
             paper's, by default); :meth:`next_round` may change it per round.
+        trajectory_fraction: the share of each batch whose student inputs are states of the round
+            teacher's own DDIM trajectories from noise (at the drawn student grid time) instead of
+            noised data ``α(t)·data + σ(t)·noise`` (0, the paper's, by default): the inputs the few-step
+            sampler meets when the teacher's ODE marginals differ from the noised data's (training on
+            teacher trajectories as Luhman & Luhman 2021). Costs up to ``k(N − 1)`` teacher
+            evaluations per such sample; settable between rounds.
 
     Raises:
         ValueError: missing teacher metadata, a grid of the wrong size, or a grid on which the
@@ -281,7 +300,8 @@ class ProgressiveDistillation:
 
     def __init__(self, teacher, *, student_steps: int, path: Path | None = None, teacher_prediction=None,
                  student_prediction=None, grid="uniform", t_max: float | None = None, t_min: float | None = None,
-                 weighting: Weighting | str | None = None, metric="l2", event_shape: tuple | None = None, factor: int = 2):
+                 weighting: Weighting | str | None = None, metric="l2", event_shape: tuple | None = None, factor: int = 2,
+                 trajectory_fraction: float = 0.0):
         self.path, self.teacher_prediction = resolve_teacher(teacher, path, teacher_prediction)
         self.teacher = teacher
         self.student_prediction = (self.teacher_prediction if student_prediction is None
@@ -302,6 +322,7 @@ class ProgressiveDistillation:
         self.round = 0
         self.student_steps = n
         self.factor = k
+        self.trajectory_fraction = check_probability(trajectory_fraction, "trajectory_fraction")
         self.teacher_grid = g
         self.weighting = TruncatedSNRWeight() if weighting is None else get_weighting(weighting)
         self.metric = get_metric(metric)
@@ -335,6 +356,10 @@ class ProgressiveDistillation:
         each ``(B,)`` in float32 (float64 for float64 data); noise ``(B, *D)``. With ``factor = k > 2``,
         ``t_mid`` is ``(B, k − 1)``: ``teacher_grid[ki + 1 … ki + k − 1]``.
         """
+        return self._draw(data, generator)[1:]
+
+    def _draw(self, data: Tensor, generator) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """:meth:`draw` with the CPU interval index ``i`` first."""
         check_data(data, event_shape=self.event_shape)
         b = data.shape[0]
         i = randint(self.student_steps, b, device=torch.device("cpu"), generator=generator)
@@ -345,7 +370,35 @@ class ProgressiveDistillation:
         t_mid = g[mid[:, 0] if k == 2 else mid].to(device=data.device, dtype=dt)
         t_next = g[k * i + k].to(device=data.device, dtype=dt)
         noise = randn(data.shape, like=data, generator=generator)
-        return t, t_mid, t_next, noise
+        return i, t, t_mid, t_next, noise
+
+    def trajectory_states(self, noise: Tensor, i: Tensor, cond=None) -> Tensor:
+        """The round teacher's DDIM states at ``student_grid[i]``, from ``σ(t_max)·noise`` (no gradient).
+
+        Args:
+            noise: ``(M, *D)`` standard normal noise.
+            i: ``(M,)`` integer student-grid indices in ``[0, N)`` (on the CPU).
+            cond: optional condition ``(M, …)`` for the teacher.
+
+        Returns:
+            ``(M, *D)``: sample ``m`` after ``k·i[m]`` teacher DDIM steps on :attr:`teacher_grid`,
+            where the sampler (and :meth:`student_generator`'s first ``i[m]`` steps, if the student
+            matched the teacher) would be.
+        """
+        g, k = self.teacher_grid, self.factor
+        dt = time_dtype(noise)
+        m = noise.shape[0]
+        x = float(self.path._sigma(g[:1])[0]) * noise
+        states = [x]
+        with torch.no_grad():
+            for j in range(int(i.max()) if m else 0):
+                for step_ in range(k):
+                    a, b = g[j * k + step_], g[j * k + step_ + 1]
+                    x = _step(self.teacher, self.path, x, t=torch.full((m,), float(a), dtype=dt, device=noise.device),
+                              s=torch.full((m,), float(b), dtype=dt, device=noise.device), prediction=self.teacher_prediction,
+                              method="ddim", cond=cond)
+                states.append(x)
+            return torch.stack(states)[i.to(noise.device), torch.arange(m, device=noise.device)]
 
     def loss(self, student, data: Tensor, cond=None, *, generator: torch.Generator | None = None) -> DistillOutput:
         """Evaluate the loss on a data batch.
@@ -359,10 +412,18 @@ class ProgressiveDistillation:
         Returns:
             :class:`~flowgen.distill.DistillOutput` (``.loss`` scalar, ``.per_sample`` ``(B,)``).
         """
-        t, t_mid, t_next, noise = self.draw(data, generator)
+        i, t, t_mid, t_next, noise = self._draw(data, generator)
+        x_t = None
+        m = int(round(self.trajectory_fraction * data.shape[0]))
+        if m:  # the first m samples start from the teacher's trajectories, the rest from noised data
+            c = cond[:m] if isinstance(cond, Tensor) else cond
+            t64 = t[m:].detach().to(torch.float64)
+            a, s = self.path._alpha(t64), self.path._sigma(t64)
+            rest = expand_like(a, data[m:]).to(data.dtype) * data[m:] + expand_like(s, data[m:]).to(data.dtype) * noise[m:]
+            x_t = torch.cat([self.trajectory_states(noise[:m], i[:m], c).to(data.dtype), rest])
         return _progressive(student, self.teacher, data=data, noise=noise, t=t, t_mid=t_mid, t_next=t_next, path=self.path,
                             teacher_prediction=self.teacher_prediction, student_prediction=self.student_prediction,
-                            weighting=self.weighting, metric=self.metric, cond=cond)
+                            weighting=self.weighting, metric=self.metric, cond=cond, x_t=x_t)
 
     def __call__(self, student, data: Tensor, cond=None, *, generator: torch.Generator | None = None) -> Tensor:
         """Scalar loss (see :meth:`loss`)."""

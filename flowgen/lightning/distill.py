@@ -913,6 +913,11 @@ class ProgressiveDistillModule(DistillModule):
             student takes: 2 (Salimans & Ho's halving) by default; one int for every round or a list
             with one per round, e.g. ``[4, 4, 4, 2, 2]`` for ``256 → 64 → 16 → 4 → 2 → 1`` (fewer
             rounds to compound errors over, as Berthelot et al. 2023's TRACT).
+        trajectory_fraction: in rounds with ``N <= trajectory_max_steps``, the share of each batch whose
+            student inputs are states of the round teacher's DDIM trajectories from noise instead of
+            noised data (see :class:`flowgen.distill.ProgressiveDistillation`); 0 by default.
+        trajectory_max_steps: the largest ``N`` whose rounds use ``trajectory_fraction`` (the states
+            cost up to ``k(N − 1)`` teacher evaluations per such sample).
         steps_per_round: optimizer steps per round, one int or a list (one per round).
         student_prediction: the student's prediction kind (default: the teacher's).
         grid: the first teacher grid: ``"uniform"`` (the paper's), ``"karras"``, ``"log_snr"``, ``"shifted"``.
@@ -932,7 +937,8 @@ class ProgressiveDistillModule(DistillModule):
     def __init__(self, teacher=None, student: nn.Module | None = None, *, student_steps: int = 64, final_steps: int = 1,
                  steps_per_round: int | list[int] = 1000, student_prediction: str | None = None, grid: str = "uniform",
                  t_max: float | None = None, t_min: float | None = None, weighting: str | None = None, metric: str = "l2",
-                 factor: int | list[int] = 2, **kwargs):
+                 factor: int | list[int] = 2, trajectory_fraction: float = 0.0, trajectory_max_steps: int = 16,
+                 **kwargs):
         if teacher is None:
             raise ValueError("progressive distillation needs a teacher: pass --teacher <checkpoint> (flowgen distill) "
                              "or teacher=<checkpoint file or network>")
@@ -942,6 +948,11 @@ class ProgressiveDistillModule(DistillModule):
         n = _check_pos_int(student_steps, "student_steps")
         final = _check_pos_int(final_steps, "final_steps")
         self.factors = _round_factors(factor, n, final)
+        if isinstance(trajectory_fraction, bool) or not isinstance(trajectory_fraction, (int, float)) \
+                or not 0.0 <= trajectory_fraction <= 1.0:
+            raise ValueError(f"trajectory_fraction must be a number in [0, 1], got {trajectory_fraction!r}")
+        self.trajectory_fraction = float(trajectory_fraction)
+        self.trajectory_max_steps = _check_pos_int(trajectory_max_steps, "trajectory_max_steps")
         rounds = len(self.factors)
         self.num_rounds = rounds
         self.steps_per_round = _steps_list(steps_per_round, rounds, "steps_per_round")
@@ -950,6 +961,7 @@ class ProgressiveDistillModule(DistillModule):
             self.teacher, student_steps=n, path=self.teacher_flow_path, teacher_prediction=self.teacher_pred,
             student_prediction=student_prediction, grid=grid, t_max=t_max, t_min=t_min, weighting=weighting,
             metric=metric, event_shape=self.data_shape, factor=self.factors[0])
+        self._set_trajectory_fraction()
         # the teacher of rounds >= 1 (the previous round's student): same architecture as the student
         self.round_teacher = _frozen(copy.deepcopy(self.student))
         self._attach_eval_ema()
@@ -970,6 +982,11 @@ class ProgressiveDistillModule(DistillModule):
         self.round_teacher.load_state_dict(self.student.state_dict())
         _frozen(self.round_teacher)
         self.distiller.next_round(teacher=self.round_teacher, factor=self.factors[phase])
+        self._set_trajectory_fraction()
+
+    def _set_trajectory_fraction(self) -> None:
+        on = self.distiller.student_steps <= self.trajectory_max_steps
+        self.distiller.trajectory_fraction = self.trajectory_fraction if on else 0.0
 
     def snapshot_name(self, phase: int) -> str | None:
         return f"progressive_N{self.distiller.student_steps}"
@@ -984,6 +1001,7 @@ class ProgressiveDistillModule(DistillModule):
         self.distiller.load_state_dict(d)
         if self.distiller.round >= 1:
             self.distiller.teacher = self.round_teacher
+        self._set_trajectory_fraction()
         if self.distiller.round != self.phase:
             raise DistillStateError(f"inconsistent checkpoint: phase {self.phase} but progressive round {self.distiller.round}")
 

@@ -260,3 +260,38 @@ def test_factor_grids_draws_rounds_and_state():
     with pytest.raises(ValueError, match="\\(B, k - 1\\)"):
         progressive_target(teacher, x_t=x, t=t3, t_mid=torch.full((2, 2), 0.5, dtype=F64), t_next=t3 * 0.1,
                            path=path, teacher_prediction="v", student_prediction="v")
+
+
+# --- inputs from the teacher's own trajectories ---------------------------------------------------------------------
+@pytest.mark.parametrize("factor", [2, 4])
+def test_trajectory_states_are_the_teachers_ddim_sampler_states(factor):
+    path = PATHS["cosine"]()
+    teacher = RandomLinearTeacher(3, seed=6)
+    pd = ProgressiveDistillation(teacher, path=path, teacher_prediction="v", student_steps=4, t_max=0.99, factor=factor)
+    noise = torch.randn(8, 3, generator=torch.Generator().manual_seed(2), dtype=F64)
+    i = torch.tensor([0, 1, 2, 3, 3, 2, 1, 0])
+    got = pd.trajectory_states(noise, i)
+    g = pd.teacher_grid
+    for m in range(8):
+        steps = factor * int(i[m])
+        if steps == 0:
+            want = path.sigma(g[:1])[0] * noise[m:m + 1]
+        else:  # flowgen's own DDIM sampler on the teacher grid's first k·i steps
+            want = flowgen.samplers.sample(teacher, path, noise[m:m + 1], prediction="v", method="ddim", grid=g[:steps + 1]).samples
+        torch.testing.assert_close(got[m:m + 1], want, rtol=1e-12, atol=1e-12)
+
+
+def test_trajectory_fraction_replaces_the_first_inputs_only():
+    path = PATHS["cosine"]()
+    gauss, teacher = _oracle_teacher(path)
+    data = gauss.sample(16, generator=torch.Generator().manual_seed(1))
+    student = RandomLinearTeacher(2, seed=9)
+    plain = ProgressiveDistillation(teacher, student_steps=4, t_max=0.999)
+    mixed = ProgressiveDistillation(teacher, student_steps=4, t_max=0.999, trajectory_fraction=0.25)
+    a = plain.loss(student, data, generator=torch.Generator().manual_seed(3))
+    b = mixed.loss(student, data, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a.x_t[4:], b.x_t[4:]) and torch.equal(a.per_sample[4:], b.per_sample[4:])
+    i, _, _, _, noise = plain._draw(data, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(b.x_t[:4], plain.trajectory_states(noise[:4], i[:4]), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="trajectory_fraction"):
+        ProgressiveDistillation(teacher, student_steps=4, trajectory_fraction=1.5)

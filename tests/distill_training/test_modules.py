@@ -483,3 +483,23 @@ def test_a_non_finite_loss_on_the_accelerator_path_stops_the_run_naming_its_step
         _run("progressive", rf_teacher, tmp_path, trainer_factory, checkpoint_every=100, callbacks=[Poison()])
     students = os.listdir(tmp_path / "students") if os.path.isdir(tmp_path / "students") else []
     assert "progressive_N2.ckpt" not in students  # raised at the round's end, before its student was exported
+
+
+def test_progressive_trajectory_inputs_apply_from_their_round_on_and_resume(rf_teacher, tmp_path, trainer_factory):
+    more = {"trajectory_fraction": 0.5, "trajectory_max_steps": 2}
+    first = METHODS["progressive"][0](rf_teacher, **more)
+    assert first.distiller.student_steps == 4 and first.distiller.trajectory_fraction == 0.0  # N = 4 > 2
+    ref = _run("progressive", rf_teacher, tmp_path / "a", trainer_factory, deterministic=True, module_kw=more)
+    assert ref.distiller.trajectory_fraction == 0.5  # rounds N = 2 and 1
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run("progressive", rf_teacher, tmp_path / "b", trainer_factory, deterministic=True, checkpoint_every=4,
+             callbacks=[Crash(5)], module_kw=more)
+    pl.seed_everything(999, verbose=False)
+    resumed = METHODS["progressive"][0](rf_teacher, **more)
+    last = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    trainer_factory(tmp_path / "b", 10, deterministic=True, checkpoint_every=100).fit(resumed, _data(), ckpt_path=str(last))
+    assert_same_state(state_of(ref), state_of(resumed))
+    plain = _run("progressive", rf_teacher, tmp_path / "c", trainer_factory, deterministic=True)
+    assert any(not torch.equal(a, b) for a, b in zip(state_of(ref).values(), state_of(plain).values()))
+    with pytest.raises(ValueError, match="trajectory_fraction"):
+        METHODS["progressive"][0](rf_teacher, trajectory_fraction=-0.1)
