@@ -105,7 +105,7 @@ def _check_times(x_t: Tensor, t: Tensor, t_mid: Tensor, t_next: Tensor) -> list[
         raise ValueError(f"x_t must have shape (B, *D) with at least one event dimension, got {tuple(x_t.shape)}")
     batch = x_t.shape[0]
     mids = _mid_columns(t_mid, batch)
-    for name, v in (("t", t), *((("t_mid", m)) for m in mids), ("t_next", t_next)):
+    for name, v in (("t", t), *(("t_mid", m) for m in mids), ("t_next", t_next)):
         check_time(v, name, batch=batch, device=x_t.device)
     times = [t, *mids, t_next]
     if checks_values() and not all(bool((a > b).all()) for a, b in zip(times[:-1], times[1:])):

@@ -907,12 +907,13 @@ class ProgressiveDistillModule(DistillModule):
     Args:
         teacher: see :class:`DistillModule`.
         student_steps: ``N`` of the first round (the teacher runs ``2N`` DDIM steps); a power of two
-            times ``final_steps`` (with ``factor``: ``final_steps`` times the product of the factors).
+            times ``final_steps`` (with ``factor``: ``final_steps`` times the product of all its factors but the first).
         final_steps: the last round's ``N`` (1 for a 1-step student).
         factor: teacher DDIM steps per student step, i.e. how many times fewer steps each round's
-            student takes: 2 (Salimans & Ho's halving) by default; one int for every round or a list
-            with one per round, e.g. ``[4, 4, 4, 2, 2]`` for ``256 → 64 → 16 → 4 → 2 → 1`` (fewer
-            rounds to compound errors over, as Berthelot et al. 2023's TRACT).
+            student takes than its teacher: 2 (Salimans & Ho's halving) by default; one int for every
+            round or a list with one per round, e.g. ``[2, 4, 4, 4, 2, 2]`` for ``256 → 64 → 16 → 4 → 2
+            → 1`` (the first round's teacher runs ``2·256`` steps; fewer rounds to compound errors
+            over, as Berthelot et al. 2023's TRACT).
         trajectory_fraction: in rounds with ``N <= trajectory_max_steps``, the share of each batch whose
             student inputs are states of the round teacher's DDIM trajectories from noise instead of
             noised data (see :class:`flowgen.distill.ProgressiveDistillation`); 0 by default.
@@ -944,14 +945,12 @@ class ProgressiveDistillModule(DistillModule):
                              "or teacher=<checkpoint file or network>")
         super().__init__(teacher=teacher, student=student, **kwargs)
         from ..distill import ProgressiveDistillation
+        from ..distill._common import check_probability
 
         n = _check_pos_int(student_steps, "student_steps")
         final = _check_pos_int(final_steps, "final_steps")
         self.factors = _round_factors(factor, n, final)
-        if isinstance(trajectory_fraction, bool) or not isinstance(trajectory_fraction, (int, float)) \
-                or not 0.0 <= trajectory_fraction <= 1.0:
-            raise ValueError(f"trajectory_fraction must be a number in [0, 1], got {trajectory_fraction!r}")
-        self.trajectory_fraction = float(trajectory_fraction)
+        self.trajectory_fraction = check_probability(trajectory_fraction, "trajectory_fraction")
         self.trajectory_max_steps = _check_pos_int(trajectory_max_steps, "trajectory_max_steps")
         rounds = len(self.factors)
         self.num_rounds = rounds
