@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .._random import randint as _randint
 from .._random import randn as _randn
-from .._validation import check_batch, check_finite, checks_values
+from .._validation import check_batch, check_finite, checks_values, expand_like
 from ..parameterization import Prediction
 from ..paths.base import Path
 
@@ -96,6 +96,13 @@ def check_data(data, name: str = "data", *, event_shape: tuple | None = None) ->
         )
     check_finite(data, name)
     return data
+
+
+def noised(data: Tensor, noise: Tensor, t: Tensor, path: Path) -> Tensor:
+    """``x_t = α(t)·data + σ(t)·noise`` ``(B, *D)``, coefficients in float64 cast to ``data``'s dtype."""
+    t64 = t.detach().to(torch.float64)
+    a, s = path._alpha(t64), path._sigma(t64)
+    return expand_like(a, data).to(data.dtype) * data + expand_like(s, data).to(data.dtype) * noise
 
 
 def check_int(value, name: str, *, low: int = 1) -> int:

@@ -64,15 +64,15 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_batch, check_finite, check_same_shape, check_time, checks_values, expand_like
+from .._validation import check_batch, check_finite, check_same_shape, check_time, checks_values
 from ..objectives.metrics import get_metric
 from ..objectives.objective import call_model
 from ..parameterization import Prediction
 from ..paths.base import Path
 from ..preconditioning import BoundaryConditioned
 from ..samplers import Grid, Method, karras_grid, make_grid, step
-from ._common import (DistillOutput, check_data, check_int, check_loss, check_model, check_probability, randint, randn,
-                      resolve_teacher, time_dtype)
+from ._common import (DistillOutput, check_data, check_int, check_loss, check_model, check_probability, noised, randint,
+                      randn, resolve_teacher, time_dtype)
 
 __all__ = [
     "consistency_function",
@@ -465,12 +465,6 @@ def _check_pair_times(data: Tensor, t: Tensor, s: Tensor) -> None:
         raise ValueError("times must satisfy t > s for every sample (t is the noisier end of the interval)")
 
 
-def _noisy(data: Tensor, noise: Tensor, t: Tensor, path: Path) -> Tensor:
-    t64 = t.detach().to(torch.float64)
-    a, s = path._alpha(t64), path._sigma(t64)
-    return expand_like(a, data).to(data.dtype) * data + expand_like(s, data).to(data.dtype) * noise
-
-
 def _consistency(student, target_net, *, x_t: Tensor, t: Tensor, x_s: Tensor, s: Tensor, metric, weight, cond,
                  path: Path | None = None, inputs: tuple = ()) -> DistillOutput:
     check_model(student, "student")
@@ -533,7 +527,7 @@ def _cd(student, *, teacher_step, data, noise, t, s, path, target_net, metric, w
     _check_loss_inputs(data, noise, t, s, path)
     if not callable(teacher_step):
         raise TypeError(f"teacher_step must be callable (x, t, s[, cond]) -> x_s, got {type(teacher_step).__name__}")
-    x_t = _noisy(data, noise, t, path)
+    x_t = noised(data, noise, t, path)
     with torch.no_grad():
         x_s = teacher_step(x_t, t, s) if cond is None else teacher_step(x_t, t, s, cond)
     if not isinstance(x_s, Tensor) or x_s.shape != x_t.shape:
@@ -561,8 +555,8 @@ def consistency_training_loss(student, *, data: Tensor, noise: Tensor, t: Tensor
 
 def _ct(student, *, data, noise, t, s, path, target_net, metric, weight, cond) -> DistillOutput:
     _check_loss_inputs(data, noise, t, s, path)
-    x_t = _noisy(data, noise, t, path)
-    x_s = _noisy(data, noise, s, path)
+    x_t = noised(data, noise, t, path)
+    x_s = noised(data, noise, s, path)
     return _consistency(student, target_net, x_t=x_t, t=t, x_s=x_s, s=s, metric=metric, weight=weight, cond=cond, path=path,
                         inputs=(("data", data), ("noise", noise)))
 

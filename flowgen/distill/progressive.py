@@ -57,6 +57,7 @@ from ._common import (
     check_loss,
     check_model,
     check_probability,
+    noised,
     randint,
     randn,
     resolve_teacher,
@@ -234,9 +235,7 @@ def _progressive(student, teacher, *, data, noise, t, t_mid, t_next, path, teach
     metric = get_metric(metric)
     _check_times(data, t, t_mid, t_next)
     if x_t is None:
-        t64 = t.detach().to(torch.float64)
-        a, s = path._alpha(t64), path._sigma(t64)
-        x_t = (expand_like(a, data).to(data.dtype) * data + expand_like(s, data).to(data.dtype) * noise)
+        x_t = noised(data, noise, t, path)
     target = progressive_target(teacher, x_t=x_t, t=t, t_mid=t_mid, t_next=t_next, path=path,
                                 teacher_prediction=teacher_prediction, student_prediction=sp, cond=cond)
     pred = call_model(student, x_t, t, cond)
@@ -417,10 +416,8 @@ class ProgressiveDistillation:
         m = int(round(self.trajectory_fraction * data.shape[0]))
         if m:  # the first m samples start from the teacher's trajectories, the rest from noised data
             c = cond[:m] if isinstance(cond, Tensor) else cond
-            t64 = t[m:].detach().to(torch.float64)
-            a, s = self.path._alpha(t64), self.path._sigma(t64)
-            rest = expand_like(a, data[m:]).to(data.dtype) * data[m:] + expand_like(s, data[m:]).to(data.dtype) * noise[m:]
-            x_t = torch.cat([self.trajectory_states(noise[:m], i[:m], c).to(data.dtype), rest])
+            x_t = torch.cat([self.trajectory_states(noise[:m], i[:m], c).to(data.dtype),
+                             noised(data[m:], noise[m:], t[m:], self.path)])
         return _progressive(student, self.teacher, data=data, noise=noise, t=t, t_mid=t_mid, t_next=t_next, path=self.path,
                             teacher_prediction=self.teacher_prediction, student_prediction=self.student_prediction,
                             weighting=self.weighting, metric=self.metric, cond=cond, x_t=x_t)

@@ -464,7 +464,7 @@ class DistillModule(LightHookNames, pl.LightningModule):
         if self.student_ema is not None:
             self.student_ema.initted.fill_(False)
             self.student_ema.step.zero_()
-            self._ema_state = {"ema_step": 0, "ema_initted": False}
+            self._ema_state.update(ema_step=0, ema_initted=False)
 
     @property
     def sampling_student(self) -> nn.Module:
@@ -698,9 +698,7 @@ class DistillModule(LightHookNames, pl.LightningModule):
         return data.device.type == "cpu"
 
     def _check_deferred_nonfinite(self) -> None:
-        step = self._nonfinite.first_bad()
-        if step is not None:
-            self._raise_nonfinite(step, None)
+        self._nonfinite.check(self._raise_nonfinite)
 
     def _raise_nonfinite(self, step: int, loss: Tensor | None):
         what = f" ({float(loss)})" if loss is not None else ""

@@ -204,6 +204,12 @@ class NonFiniteTracker:
         step = int(self.first)
         return step if step >= 0 else None
 
+    def check(self, raise_nonfinite) -> None:
+        """Call ``raise_nonfinite(step, None)`` if a non-finite loss was tracked (one host read)."""
+        step = self.first_bad()
+        if step is not None:
+            raise_nonfinite(step, None)
+
 
 class LightHookNames:
     """Mixin for a ``LightningModule``: Lightning's hook-name bookkeeping without ``nn.Module.__setattr__``.
@@ -589,9 +595,7 @@ class FlowModule(LightHookNames, pl.LightningModule):
             return True
 
     def _check_deferred_nonfinite(self) -> None:
-        step = self._nonfinite.first_bad()
-        if step is not None:
-            self._raise_nonfinite(step, None)
+        self._nonfinite.check(self._raise_nonfinite)
 
     def _raise_nonfinite(self, step: int, loss: Tensor | None):
         what = f" ({float(loss)})" if loss is not None else ""

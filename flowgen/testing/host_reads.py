@@ -23,6 +23,15 @@ __all__ = ["HostReads"]
 READS = frozenset({"__bool__", "item", "__float__", "__int__", "__index__", "tolist", "nonzero", "numpy", "cpu"})
 
 
+def _place(name: str) -> str:
+    """``"<file under flowgen>:<line> <name>"`` of the innermost flowgen frame calling, else ``name``."""
+    for frame in reversed(traceback.extract_stack()[:-2]):
+        file = frame.filename.replace("\\", "/")
+        if "/flowgen/" in file:
+            return f"{file.rsplit('/flowgen/', 1)[-1]}:{frame.lineno} {name}"
+    return name
+
+
 class HostReads(TorchFunctionMode):
     """A ``with`` block that counts host reads of tensor values (see the module docstring).
 
@@ -44,7 +53,5 @@ class HostReads(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name in READS and not (name == "cpu" and args and getattr(args[0], "device", None) is not None
                                   and args[0].device.type == "cpu"):
-            frames = [f for f in traceback.extract_stack()[:-1] if "/flowgen/" in f.filename.replace("\\", "/")]
-            self.where[f"{frames[-1].filename.replace(chr(92), '/').rsplit('/flowgen/', 1)[-1]}:{frames[-1].lineno} {name}"
-                       if frames else name] += 1
+            self.where[_place(name)] += 1
         return func(*args, **(kwargs or {}))
