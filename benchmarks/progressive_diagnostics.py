@@ -1,0 +1,236 @@
+"""Where does a few-step progressive student lose quality? Two diagnostics on a finished benchmark run.
+
+1. **Segment swaps.** The student's ``K`` DDIM steps run on the grid ``t_0 = 1 > … > t_K = 0``. For
+   each step ``k`` the teacher's exact ODE (dopri5) runs everywhere but step ``k``, which the student
+   takes; ``R_k^{(only k)}`` then measures what that one step costs. Also reported: the student from
+   the teacher's exact state at ``t_k`` on (``from k``), and each step's RMS error against the
+   teacher's exact segment.
+2. **Exact-segment fine-tuning** (``--finetune-steps``): the student is trained further on the
+   teacher's own ODE segments ``x_{t_k} → x_{t_{k+1}}`` (dopri5 trajectories from fresh noise,
+   ``--trajectories`` of them, 1024 held out), with the progressive loss (truncated-SNR weighted,
+   in the student's prediction space). If the student fit exact targets well, its R_K would fall
+   towards the teacher's; the held-out segment losses say whether it under- or over-fits.
+
+Run after ``distill_quality.py --data digits --quick-teacher`` (its ``--work`` folder)::
+
+    python benchmarks/progressive_diagnostics.py --work <work> --seed 0 --steps 4 --finetune-steps 3000
+
+Prints JSON and a markdown table; ``--out`` writes both. R is against the teacher's chained dopri5
+(one solve per grid segment) on the benchmark's evaluation sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+
+def _segments(teacher, path, pred, x, grid):
+    """The teacher's exact states at every grid time from ``x`` at ``grid[0]`` (one dopri5 solve per segment)."""
+    from flowgen.samplers import integrate
+
+    states = [x]
+    for k in range(grid.numel() - 1):
+        states.append(integrate(teacher, path, states[-1], prediction=pred, method="dopri5", grid=grid[k:k + 2]).samples)
+    return states
+
+
+def segment_swaps(teacher, path, pred, student, protocol) -> dict:
+    """Distances (per evaluation set) of the teacher, the student, and the swaps described in the module docstring."""
+    import torch
+
+    from flowgen.samplers import integrate
+
+    g = student.grid.to(torch.float64)
+    k_steps = g.numel() - 1
+
+    def run_student(x, k0, k1):
+        return integrate(student.model, student.path, x, prediction=student.prediction, method="ddim", grid=g[k0:k1 + 1]).samples
+
+    out: dict[str, list[float]] = {}
+    with torch.no_grad():
+        for i in range(protocol.repeats):
+            x0 = protocol.noises[i] * float(path.sigma(g[:1])[0])
+            exact = _segments(teacher, path, pred, x0, g)
+            out.setdefault("teacher", []).append(protocol.distance(exact[-1], i))
+            out.setdefault("student", []).append(protocol.distance(run_student(x0, 0, k_steps), i))
+            for k in range(k_steps):
+                one = run_student(exact[k], k, k + 1)
+                out.setdefault(f"rms {k}", []).append(float((one - exact[k + 1]).flatten(1).pow(2).sum(1).mean().sqrt()))
+                rest = _segments(teacher, path, pred, one, g[k + 1:])[-1]
+                out.setdefault(f"only {k}", []).append(protocol.distance(rest, i))
+                if k:
+                    out.setdefault(f"from {k}", []).append(protocol.distance(run_student(exact[k], k, k_steps), i))
+    return out
+
+
+def trajectories(teacher, path, pred, grid, *, num: int, shape, seed: int, chunk: int = 2048):
+    """``(K + 1, num, *D)``: the teacher's exact states at the grid times from fresh noise."""
+    import torch
+
+    gen = torch.Generator().manual_seed(10_000_000 + seed)
+    parts = []
+    with torch.no_grad():
+        for lo in range(0, num, chunk):
+            x = torch.randn((min(chunk, num - lo), *shape), generator=gen) * float(path.sigma(grid[:1])[0])
+            parts.append(torch.stack(_segments(teacher, path, pred, x, grid)))
+    return torch.cat(parts, 1)
+
+
+def finetune(student, states, *, steps: int, lr: float, batch: int, seed: int, held_out: int = 1024, log=print) -> dict:
+    """Train ``student.model`` on the exact segments in ``states`` (cosine lr); held-out losses before and after."""
+    import torch
+
+    from flowgen.distill.progressive import TruncatedSNRWeight, _solve_target, _weighted
+    from flowgen.objectives.metrics import get_metric
+
+    net, g, sp = student.model, student.grid.to(torch.float64), student.prediction
+    weight, metric = TruncatedSNRWeight(), get_metric("l2")
+    val, train = states[:, :held_out], states[:, held_out:]
+
+    def seg_loss(st, idx, k):
+        x_t, x_end = st[k, idx], st[k + 1, idx]
+        t = torch.full((len(idx),), float(g[k]))
+        s = torch.full((len(idx),), float(g[k + 1]))
+        target = _solve_target(x_t, x_end, t, s, student.path, sp)
+        return _weighted(net(x_t, t), target, t, student.path, sp, weight, metric)
+
+    def held_out_losses():
+        net.eval()
+        with torch.no_grad():
+            return [float(seg_loss(val, torch.arange(val.shape[1]), k).mean()) for k in range(g.numel() - 1)]
+
+    before = held_out_losses()
+    for p in net.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    rng = torch.Generator().manual_seed(seed)
+    k_steps = g.numel() - 1
+    train_loss = float("nan")
+    for it in range(steps):
+        net.train()
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * it / steps))
+        k = torch.randint(0, k_steps, (batch,), generator=rng)
+        idx = torch.randint(0, train.shape[1], (batch,), generator=rng)
+        loss = sum(seg_loss(train, idx[k == kk], kk).sum() for kk in range(k_steps) if bool((k == kk).any())) / batch
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        train_loss = float(loss.detach())
+        if (it + 1) % 500 == 0:
+            log(f"  fine-tune step {it + 1}: train loss {train_loss:.3g}")
+    net.eval()
+    return {"held_out_before": before, "held_out_after": held_out_losses(), "last_train_loss": train_loss}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", required=True, help="the distill_quality.py --work folder (holds digits_seed<S>/)")
+    p.add_argument("--data", default="digits")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=4, help="the progressive student's N (its snapshot progressive_N<steps>.ckpt)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--num", type=int, default=2000)
+    p.add_argument("--finetune-steps", type=int, default=0)
+    p.add_argument("--trajectories", type=int, default=24576)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--out", help="folder for <name>.json and <name>.md")
+    p.add_argument("--name", default=None)
+    args = p.parse_args(argv)
+
+    import torch
+
+    from _common import cpu_name
+    from flowgen.checkpoint import load_generator
+    from flowgen.distill_cli import make_protocol
+    from flowgen.lightning.distill import load_student
+
+    torch.set_num_threads(1)
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    t0 = time.perf_counter()
+    root = os.path.join(args.work, f"{args.data}_seed{args.seed}")
+    teacher, path, pred, meta = load_generator(os.path.join(root, "teacher", "checkpoints", "last.ckpt"))
+    protocol = make_protocol(meta, num=args.num, repeats=args.repeats, seed=args.seed)
+    student = load_student(os.path.join(root, "progressive", "students", f"progressive_N{args.steps}.ckpt"))
+    if student.grid.numel() - 1 != args.steps:
+        raise ValueError(f"--steps {args.steps} does not match the student's grid of {student.grid.numel() - 1} steps")
+
+    def ratios(d: dict) -> dict:
+        den = sum(d["teacher"]) / len(d["teacher"]) - protocol.floor
+        return {k: (sum(v) / len(v) if k.startswith("rms") else (sum(v) / len(v) - protocol.floor) / den) for k, v in d.items()}
+
+    log(f"[{args.data} seed {args.seed}] segment swaps, N = {args.steps}")
+    swaps = segment_swaps(teacher, path, pred, student, protocol)
+    result = {"swaps": ratios(swaps), "swaps_raw": swaps}
+    if args.finetune_steps:
+        log(f"  teacher trajectories: {args.trajectories}")
+        t1 = time.perf_counter()
+        states = trajectories(teacher, path, pred, student.grid.to(torch.float64), num=args.trajectories,
+                              shape=tuple(meta["data_shape"]), seed=args.seed)
+        result["trajectory_seconds"] = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        result["finetune"] = finetune(student, states, steps=args.finetune_steps, lr=args.lr, batch=args.batch,
+                                      seed=args.seed, log=log)
+        result["finetune"]["seconds"] = time.perf_counter() - t1
+        after = segment_swaps(teacher, path, pred, student, protocol)
+        result["after_finetune"] = ratios(after)
+    info = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread, {platform.python_version()}",
+            "work": args.work, "seed": args.seed, "steps": args.steps, "repeats": args.repeats, "num": args.num,
+            "finetune_steps": args.finetune_steps, "trajectories": args.trajectories, "lr": args.lr, "batch": args.batch,
+            "seconds": time.perf_counter() - t0, "floor": protocol.floor,
+            "command": "python " + " ".join([os.path.relpath(__file__, os.path.dirname(HERE))] + (argv if argv is not None else sys.argv[1:]))}
+    payload = {"info": info, "result": result}
+    md = markdown(payload)
+    print(json.dumps(payload, indent=1))
+    print(md)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        name = args.name or f"progressive_diagnostics_{args.data}_seed{args.seed}_N{args.steps}"
+        with open(os.path.join(args.out, name + ".json"), "w") as fh:
+            json.dump(payload, fh, indent=1)
+        with open(os.path.join(args.out, name + ".md"), "w") as fh:
+            fh.write(md)
+    return 0
+
+
+def markdown(payload: dict) -> str:
+    info, res = payload["info"], payload["result"]
+    k_steps = info["steps"]
+    lines = [f"# Progressive diagnostics: {os.path.basename(info['work'].rstrip('/'))}, seed {info['seed']}, N = {k_steps}", "",
+             f"Machine: {info['machine']}; {info['repeats']} evaluation sets of {info['num']} samples; {info['seconds'] / 60:.1f} min.", "",
+             "R = (d − floor)/(d(teacher) − floor), the teacher being its dopri5 solved segment by segment on the student's grid. "
+             "`only k`: the teacher's exact ODE everywhere but step k, which the student takes; `from k`: the teacher's exact "
+             "state at t_k, then the student; RMS: one student step from the teacher's exact state against the exact segment.", ""]
+    cols = ["student"] + [f"only {k}" for k in range(k_steps)] + [f"from {k}" for k in range(1, k_steps)]
+    rows = [("as distilled", res["swaps"])] + ([("after exact-segment fine-tuning", res["after_finetune"])] if "after_finetune" in res else [])
+    lines += ["| student | R_N | " + " | ".join(f"R ({c})" for c in cols[1:]) + " | " + " | ".join(f"RMS step {k}" for k in range(k_steps)) + " |",
+              "|" + "---|" * (2 + len(cols) - 1 + k_steps)]
+    for name, r in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " | "
+                     + " | ".join(f"{r[f'rms {k}']:.4f}" for k in range(k_steps)) + " |")
+    if "finetune" in res:
+        ft = res["finetune"]
+        lines += ["", f"Fine-tuning: {info['finetune_steps']} steps, lr {info['lr']} (cosine), batch {info['batch']}, on "
+                  f"{info['trajectories'] - 1024} teacher trajectories ({res['trajectory_seconds'] / 60:.1f} min to make); "
+                  f"held-out weighted segment losses before → after: "
+                  + ", ".join(f"step {k} {a:.2e} → {b:.2e}" for k, (a, b) in enumerate(zip(ft["held_out_before"], ft["held_out_after"])))
+                  + f"; last training loss {ft['last_train_loss']:.2e}."]
+    lines += ["", f"Command: `{info['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
