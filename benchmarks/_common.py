@@ -13,3 +13,27 @@ def cpu_name() -> str:
     except OSError:
         pass
     return "unknown"
+
+
+def command_line(script: str, argv) -> str:
+    """``"python benchmarks/<script>.py <args>"``: how a result was made (``argv``: ``main``'s, or ``None`` for ``sys.argv``)."""
+    import os
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(script)))
+    return "python " + " ".join([os.path.relpath(os.path.abspath(script), root)] + list(argv if argv is not None else sys.argv[1:]))
+
+
+def emit(payload: dict, md: str, *, out: str | None, name: str) -> None:
+    """Print ``payload`` as JSON and the markdown ``md``; with ``out``, also write ``<out>/<name>.json`` and ``.md``."""
+    import json
+    import os
+
+    print(json.dumps(payload, indent=1))
+    print(md)
+    if out:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, name + ".json"), "w") as fh:
+            json.dump(payload, fh, indent=1)
+        with open(os.path.join(out, name + ".md"), "w") as fh:
+            fh.write(md)

@@ -14,7 +14,6 @@ Prints JSON and a markdown table; ``--out`` writes both.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -37,7 +36,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from _common import cpu_name
+    from _common import command_line, cpu_name, emit
     from flowgen.checkpoint import load_generator
     from flowgen.distill import ConsistencyGenerator
     from flowgen.distill_cli import Entry, evaluate_entries, make_protocol, reference_samples, with_ratios
@@ -63,45 +62,29 @@ def main(argv=None) -> int:
     entries += [Entry("student", f"{tau:.4f}", 2, two_step(tau), nfe=2, group="student") for tau in candidates]
     rows = [ref_row] + evaluate_entries(entries, protocol, reference=ref)
     with_ratios(rows, protocol.floor, floors=protocol.floors)
-    table = [{"tau": None if r["steps"] == 1 else float(r["sampler"]), "steps": r["steps"], "R": r["R"], "R_se": r.get("R_se"),
-              "tuned": r["steps"] == 2 and tuned is not None and abs(float(r["sampler"]) - tuned) < 5e-5} for r in rows[1:]]
+    table = [{"tau": tau, "steps": r["steps"], "R": r["R"], "R_se": r.get("R_se"), "tuned": tau is not None and tau == tuned}
+             for tau, r in zip([None] + candidates, rows[1:])]
     info = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread, {platform.python_version()}",
             "work": args.work, "data": args.data, "seed": args.seed, "repeats": args.repeats, "num": args.num, "tuned_tau": tuned,
             "seconds": time.perf_counter() - t0,
-            "command": "python " + " ".join([os.path.relpath(__file__, os.path.dirname(HERE))] + (argv if argv is not None else sys.argv[1:]))}
+            "command": command_line(__file__, argv)}
     payload = {"info": info, "rows": table}
-    md = markdown(payload)
-    print(json.dumps(payload, indent=1))
-    print(md)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        name = args.name or f"consistency_step_times_{args.data}_seed{args.seed}"
-        with open(os.path.join(args.out, name + ".json"), "w") as fh:
-            json.dump(payload, fh, indent=1)
-        with open(os.path.join(args.out, name + ".md"), "w") as fh:
-            fh.write(md)
+    emit(payload, markdown(payload), out=args.out, name=args.name or f"consistency_step_times_{args.data}_seed{args.seed}")
     return 0
 
 
 def _candidates(root: str, gen, path) -> list[float]:
-    """The search's candidates: interior times of the final training grid (``num_scales`` from the run's config)."""
+    """The search's candidates (:func:`flowgen.lightning.distill.tune_candidates`), ``num_scales`` from the run's config."""
     import yaml
 
-    from flowgen.distill import consistency_grid
+    from flowgen.lightning.distill import tune_candidates
 
     with open(os.path.join(root, "consistency_distillation", "config.yaml")) as fh:
         init = yaml.safe_load(fh)["model"]["init_args"]
     if init.get("curriculum", "constant") != "constant":
         raise ValueError("only the constant curriculum (num_scales) is supported here")
-    n = int(init.get("num_scales", 18))
-    grid = consistency_grid(n, path, t_min=gen.t_min, t_max=gen.t_max, rho=gen.rho, spacing=gen.spacing)[1:-1].tolist()
-    limit = int(init.get("tune_candidates", 24))
-    if len(grid) > limit:
-        import torch
-
-        idx = torch.linspace(0, len(grid) - 1, limit).round().long().unique().tolist()
-        grid = [grid[i] for i in idx]
-    return grid
+    return tune_candidates(int(init.get("num_scales", 18)), path, t_min=gen.t_min, t_max=gen.t_max, rho=gen.rho,
+                           spacing=gen.spacing, limit=int(init.get("tune_candidates", 24)))
 
 
 def markdown(payload: dict) -> str:

@@ -22,7 +22,6 @@ Prints JSON and a markdown table; ``--out`` writes both. R is against the teache
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -150,7 +149,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from _common import cpu_name
+    from _common import command_line, cpu_name, emit
     from flowgen.checkpoint import load_generator
     from flowgen.distill_cli import make_protocol
     from flowgen.lightning.distill import load_student
@@ -191,18 +190,9 @@ def main(argv=None) -> int:
             "work": args.work, "seed": args.seed, "steps": args.steps, "repeats": args.repeats, "num": args.num,
             "finetune_steps": args.finetune_steps, "trajectories": args.trajectories, "lr": args.lr, "batch": args.batch,
             "seconds": time.perf_counter() - t0, "floor": protocol.floor,
-            "command": "python " + " ".join([os.path.relpath(__file__, os.path.dirname(HERE))] + (argv if argv is not None else sys.argv[1:]))}
+            "command": command_line(__file__, argv)}
     payload = {"info": info, "result": result}
-    md = markdown(payload)
-    print(json.dumps(payload, indent=1))
-    print(md)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        name = args.name or f"progressive_diagnostics_{args.data}_seed{args.seed}_N{args.steps}"
-        with open(os.path.join(args.out, name + ".json"), "w") as fh:
-            json.dump(payload, fh, indent=1)
-        with open(os.path.join(args.out, name + ".md"), "w") as fh:
-            fh.write(md)
+    emit(payload, markdown(payload), out=args.out, name=args.name or f"progressive_diagnostics_{args.data}_seed{args.seed}_N{args.steps}")
     return 0
 
 

@@ -83,6 +83,7 @@ __all__ = [
     "DistillStateError",
     "load_student",
     "student_metadata",
+    "tune_candidates",
 ]
 
 OptimizerCallable = Callable[[Iterable], torch.optim.Optimizer]
@@ -1009,6 +1010,24 @@ class ProgressiveDistillModule(DistillModule):
 # =============================================================================================
 # consistency distillation and consistency training
 # =============================================================================================
+def tune_candidates(num_scales: int, path: Path, *, t_min: float, t_max: float, rho: float, spacing: str,
+                    limit: int) -> list[float]:
+    """The multistep-time search's candidates: interior times of a consistency training grid, at most ``limit``.
+
+    The student is trained only at its grid's times and interpolates poorly between them (on
+    moons a CD student's error was 7x larger at t = 0.5 than at the grid time t_max), so
+    multistep times are searched among the grid's own times (``consistency_grid(num_scales, …)``
+    without its ends), evenly thinned when there are more than ``limit``.
+    """
+    from ..distill import consistency_grid
+
+    grid = consistency_grid(num_scales, path, t_min=t_min, t_max=t_max, rho=rho, spacing=spacing)[1:-1].tolist()
+    if len(grid) > limit:
+        idx = torch.linspace(0, len(grid) - 1, limit).round().long().unique().tolist()
+        grid = [grid[i] for i in idx]
+    return grid
+
+
 class ConsistencyModule(DistillModule):
     """Consistency distillation (with a teacher) or consistency training (without one).
 
@@ -1195,21 +1214,11 @@ class ConsistencyModule(DistillModule):
             self._recent.pop(0)
 
     def _tune_candidates_from_grid(self) -> list[float]:
-        """Interior times of the last training grid (``N`` of the curriculum's final step), at most ``tune_candidates``.
-
-        The student is trained only at its grid's times and interpolates poorly between them (on
-        moons a CD student's error was 7x larger at t = 0.5 than at the grid time t_max), so
-        multistep times are searched among the grid's own times, evenly thinned when there are more.
-        """
-        from ..distill import consistency_grid
-
+        """:func:`tune_candidates` of the last training grid (``N`` of the curriculum's final step)."""
         d = self.distiller
         n = int(d.num_scales(max(self.total_steps() - 1, 0)))
-        grid = consistency_grid(n, self.flow_path, t_min=d.t_min, t_max=d.t_max, rho=d.rho, spacing=d.spacing)[1:-1].tolist()
-        if len(grid) > self.tune_candidates:
-            idx = torch.linspace(0, len(grid) - 1, self.tune_candidates).round().long().unique().tolist()
-            grid = [grid[i] for i in idx]
-        return grid
+        return tune_candidates(n, self.flow_path, t_min=d.t_min, t_max=d.t_max, rho=d.rho, spacing=d.spacing,
+                               limit=self.tune_candidates)
 
     @torch.no_grad()
     def tune_times(self, reference: Tensor | None = None) -> dict[int, list[float]]:
