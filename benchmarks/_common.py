@@ -20,8 +20,11 @@ def command_line(script: str, argv) -> str:
     import os
     import sys
 
+    import shlex
+
     root = os.path.dirname(os.path.dirname(os.path.abspath(script)))
-    return "python " + " ".join([os.path.relpath(os.path.abspath(script), root)] + list(argv if argv is not None else sys.argv[1:]))
+    args = list(argv if argv is not None else sys.argv[1:])
+    return "python " + shlex.join([os.path.relpath(os.path.abspath(script), root)] + args)
 
 
 def emit(payload: dict, md: str, *, out: str | None, name: str) -> None:
