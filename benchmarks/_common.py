@@ -18,9 +18,8 @@ def cpu_name() -> str:
 def command_line(script: str, argv) -> str:
     """``"python benchmarks/<script>.py <args>"``: how a result was made (``argv``: ``main``'s, or ``None`` for ``sys.argv``)."""
     import os
-    import sys
-
     import shlex
+    import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(script)))
     args = list(argv if argv is not None else sys.argv[1:])
