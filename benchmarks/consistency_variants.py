@@ -45,7 +45,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="folder for <name>.json and <name>.md")
     p.add_argument("--name", default=None)
     args = p.parse_args(argv)
-    variants = [("base", [])] + [parse_variant(v) for v in args.variant]
+    try:
+        variants = [("base", [])] + [parse_variant(v) for v in args.variant]
+    except ValueError as err:
+        p.error(str(err))
 
     import torch
 
