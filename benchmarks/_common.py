@@ -15,6 +15,16 @@ def cpu_name() -> str:
     return "unknown"
 
 
+def machine_line() -> str:
+    """``"<CPU>, <n> cores, torch <version>, 1 thread, <python>"``: the machine of a one-thread CPU result."""
+    import os
+    import platform
+
+    import torch
+
+    return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread, {platform.python_version()}"
+
+
 def command_line(script: str, argv) -> str:
     """``"python benchmarks/<script>.py <args>"``: how a result was made (``argv``: ``main``'s, or ``None`` for ``sys.argv``)."""
     import os

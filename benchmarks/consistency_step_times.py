@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -36,7 +35,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from _common import command_line, cpu_name, emit
+    from _common import command_line, emit, machine_line
     from flowgen.checkpoint import load_generator
     from flowgen.distill import ConsistencyGenerator
     from flowgen.distill_cli import Entry, evaluate_entries, make_protocol, reference_samples, with_ratios
@@ -64,7 +63,7 @@ def main(argv=None) -> int:
     with_ratios(rows, protocol.floor, floors=protocol.floors)
     table = [{"tau": tau, "steps": r["steps"], "R": r["R"], "R_se": r.get("R_se"), "tuned": tau is not None and tau == tuned}
              for tau, r in zip([None] + candidates, rows[1:])]
-    info = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread, {platform.python_version()}",
+    info = {"machine": machine_line(),
             "work": args.work, "data": args.data, "seed": args.seed, "repeats": args.repeats, "num": args.num, "tuned_tau": tuned,
             "seconds": time.perf_counter() - t0,
             "command": command_line(__file__, argv)}

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import sys
 import time
 
@@ -53,7 +52,7 @@ def main(argv=None) -> int:
     import torch
 
     import distill_quality as dq
-    from _common import command_line, cpu_name, emit
+    from _common import command_line, emit, machine_line
     from flowgen.checkpoint import load_generator
     from flowgen.distill_cli import (
         distill_student,
@@ -92,7 +91,7 @@ def main(argv=None) -> int:
             rows.append(row)
             print(f"seed {seed} {name}: R_1 {row['R1']:.3f} R_2 {row['R2']:.3f} ({sec:.0f} s)", file=sys.stderr, flush=True)
 
-    info = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread, {platform.python_version()}",
+    info = {"machine": machine_line(),
             "data": args.data, "repeats": args.repeats, "num": args.num, "val_seed": args.val_seed,
             "minutes": (time.time() - start) / 60, "command": command_line(__file__, argv)}
     seeds = sorted({r["seed"] for r in rows})

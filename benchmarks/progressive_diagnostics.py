@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import sys
 import time
 
@@ -128,7 +127,7 @@ def finetune(student, states, *, steps: int, lr: float, batch: int, seed: int, h
         if (it + 1) % 500 == 0:
             log(f"  fine-tune step {it + 1}: train loss {train_loss:.3g}")
     net.eval()
-    return {"held_out_before": before, "held_out_after": held_out_losses(), "last_train_loss": train_loss}
+    return {"held_out": held_out, "held_out_before": before, "held_out_after": held_out_losses(), "last_train_loss": train_loss}
 
 
 def main(argv=None) -> int:
@@ -149,7 +148,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from _common import command_line, cpu_name, emit
+    from _common import command_line, emit, machine_line
     from flowgen.checkpoint import load_generator
     from flowgen.distill_cli import make_protocol
     from flowgen.lightning.distill import load_student
@@ -186,7 +185,7 @@ def main(argv=None) -> int:
         result["finetune"]["seconds"] = time.perf_counter() - t1
         after = segment_swaps(teacher, path, pred, student, protocol)
         result["after_finetune"] = ratios(after)
-    info = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread, {platform.python_version()}",
+    info = {"machine": machine_line(),
             "work": args.work, "seed": args.seed, "steps": args.steps, "repeats": args.repeats, "num": args.num,
             "finetune_steps": args.finetune_steps, "trajectories": args.trajectories, "lr": args.lr, "batch": args.batch,
             "seconds": time.perf_counter() - t0, "floor": protocol.floor,
@@ -214,7 +213,7 @@ def markdown(payload: dict) -> str:
     if "finetune" in res:
         ft = res["finetune"]
         lines += ["", f"Fine-tuning: {info['finetune_steps']} steps, lr {info['lr']} (cosine), batch {info['batch']}, on "
-                  f"{info['trajectories'] - 1024} teacher trajectories ({res['trajectory_seconds'] / 60:.1f} min to make); "
+                  f"{info['trajectories'] - ft['held_out']} teacher trajectories ({res['trajectory_seconds'] / 60:.1f} min to make); "
                   f"held-out weighted segment losses before → after: "
                   + ", ".join(f"step {k} {a:.2e} → {b:.2e}" for k, (a, b) in enumerate(zip(ft["held_out_before"], ft["held_out_after"])))
                   + f"; last training loss {ft['last_train_loss']:.2e}."]
