@@ -9,7 +9,10 @@
    teacher's own ODE segments ``x_{t_k} → x_{t_{k+1}}`` (dopri5 trajectories from fresh noise,
    ``--trajectories`` of them, 1024 held out), with the progressive loss (truncated-SNR weighted,
    in the student's prediction space). If the student fit exact targets well, its R_K would fall
-   towards the teacher's; the held-out segment losses say whether it under- or over-fits.
+   towards the teacher's; the held-out segment losses say whether it under- or over-fits. With
+   ``--experts`` every step gets its own copy of the student, fine-tuned on that step's segments only
+   (K times the parameters at the same cost per step): if one network shared by the K steps were what
+   limits the fit, the copies would fit, and score, better.
 
 Run after ``distill_quality.py --data digits --quick-teacher`` (its ``--work`` folder)::
 
@@ -83,14 +86,44 @@ def trajectories(teacher, path, pred, grid, *, num: int, shape, seed: int, chunk
     return torch.cat(parts, 1)
 
 
-def finetune(student, states, *, steps: int, lr: float, batch: int, seed: int, held_out: int = 1024, log=print) -> dict:
-    """Train ``student.model`` on the exact segments in ``states`` (cosine lr); held-out losses before and after."""
+def per_step_model(nets, times):
+    """A module calling ``nets[k]`` at the grid time ``times[k]`` (every call's ``t`` must be one of them, shared by the batch)."""
+    import torch
+
+    class PerStep(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.nets = torch.nn.ModuleList(nets)
+            self.register_buffer("times", times.detach().to(torch.float64).clone())
+
+        def forward(self, x, t, *args, **kwargs):
+            t0 = t.reshape(-1)[0]
+            gap = (self.times - float(t0)).abs()
+            k = int(gap.argmin())
+            if float(gap[k]) > 1e-6 or not bool((t == t0).all()):
+                raise ValueError(f"t must be one grid time of {self.times.tolist()} shared by the batch, got {t.reshape(-1)[:4].tolist()}")
+            return self.nets[k](x, t, *args, **kwargs)
+
+    return PerStep()
+
+
+def finetune(student, states, *, steps: int, lr: float, batch: int, seed: int, held_out: int = 1024,
+             experts: bool = False, log=print) -> dict:
+    """Train ``student.model`` on the exact segments in ``states`` (cosine lr); held-out losses before and after.
+
+    With ``experts`` the student's network is first copied once per step, each copy trained on its own
+    step's segments only, and ``student.model`` becomes a :func:`per_step_model` of the copies.
+    """
+    import copy
+
     import torch
 
     from flowgen.distill.progressive import TruncatedSNRWeight, _solve_target, _weighted
     from flowgen.objectives.metrics import get_metric
 
-    net, g, sp = student.model, student.grid.to(torch.float64), student.prediction
+    g, sp = student.grid.to(torch.float64), student.prediction
+    k_steps = g.numel() - 1
+    nets = [copy.deepcopy(student.model) for _ in range(k_steps)] if experts else [student.model]
     weight, metric = TruncatedSNRWeight(), get_metric("l2")
     val, train = states[:, :held_out], states[:, held_out:]
 
@@ -99,22 +132,24 @@ def finetune(student, states, *, steps: int, lr: float, batch: int, seed: int, h
         t = torch.full((len(idx),), float(g[k]))
         s = torch.full((len(idx),), float(g[k + 1]))
         target = _solve_target(x_t, x_end, t, s, student.path, sp)
-        return _weighted(net(x_t, t), target, t, student.path, sp, weight, metric)
+        return _weighted(nets[k if experts else 0](x_t, t), target, t, student.path, sp, weight, metric)
 
     def held_out_losses():
-        net.eval()
+        for net in nets:
+            net.eval()
         with torch.no_grad():
-            return [float(seg_loss(val, torch.arange(val.shape[1]), k).mean()) for k in range(g.numel() - 1)]
+            return [float(seg_loss(val, torch.arange(val.shape[1]), k).mean()) for k in range(k_steps)]
 
     before = held_out_losses()
-    for p in net.parameters():
+    params = [p for net in nets for p in net.parameters()]
+    for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    opt = torch.optim.Adam(params, lr=lr)
     rng = torch.Generator().manual_seed(seed)
-    k_steps = g.numel() - 1
     train_loss = float("nan")
     for it in range(steps):
-        net.train()
+        for net in nets:
+            net.train()
         for group in opt.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * it / steps))
         k = torch.randint(0, k_steps, (batch,), generator=rng)
@@ -126,7 +161,10 @@ def finetune(student, states, *, steps: int, lr: float, batch: int, seed: int, h
         train_loss = float(loss.detach())
         if (it + 1) % 500 == 0:
             log(f"  fine-tune step {it + 1}: train loss {train_loss:.3g}")
-    net.eval()
+    for net in nets:
+        net.eval()
+    if experts:
+        student.model = per_step_model(nets, g[:-1])
     return {"held_out": held_out, "held_out_before": before, "held_out_after": held_out_losses(), "last_train_loss": train_loss}
 
 
@@ -142,6 +180,8 @@ def main(argv=None) -> int:
     p.add_argument("--trajectories", type=int, default=24576)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--experts", action="store_true", help="fine-tune one copy of the student per step, each on its own step's segments")
+    p.add_argument("--cache", help="a .pt file for the teacher trajectories: loaded if it exists (it must match --trajectories), else written")
     p.add_argument("--out", help="folder for <name>.json and <name>.md")
     p.add_argument("--name", default=None)
     args = p.parse_args(argv)
@@ -176,22 +216,31 @@ def main(argv=None) -> int:
     if args.finetune_steps:
         log(f"  teacher trajectories: {args.trajectories}")
         t1 = time.perf_counter()
-        states = trajectories(teacher, path, pred, student.grid.to(torch.float64), num=args.trajectories,
-                              shape=tuple(meta["data_shape"]), seed=args.seed)
-        result["trajectory_seconds"] = time.perf_counter() - t1
+        if args.cache and os.path.exists(args.cache):
+            states = torch.load(args.cache)
+            if tuple(states.shape[:2]) != (args.steps + 1, args.trajectories):
+                raise ValueError(f"--cache {args.cache} holds {tuple(states.shape[:2])} states, expected {(args.steps + 1, args.trajectories)}")
+            result["trajectories_from"] = args.cache
+        else:
+            states = trajectories(teacher, path, pred, student.grid.to(torch.float64), num=args.trajectories,
+                                  shape=tuple(meta["data_shape"]), seed=args.seed)
+            result["trajectory_seconds"] = time.perf_counter() - t1
+            if args.cache:
+                torch.save(states, args.cache)
         t1 = time.perf_counter()
         result["finetune"] = finetune(student, states, steps=args.finetune_steps, lr=args.lr, batch=args.batch,
-                                      seed=args.seed, log=log)
+                                      seed=args.seed, experts=args.experts, log=log)
         result["finetune"]["seconds"] = time.perf_counter() - t1
         after = segment_swaps(teacher, path, pred, student, protocol)
         result["after_finetune"] = ratios(after)
     info = {"machine": machine_line(),
             "work": args.work, "seed": args.seed, "steps": args.steps, "repeats": args.repeats, "num": args.num,
             "finetune_steps": args.finetune_steps, "trajectories": args.trajectories, "lr": args.lr, "batch": args.batch,
+            "experts": args.experts,
             "seconds": time.perf_counter() - t0, "floor": protocol.floor,
             "command": command_line(__file__, argv)}
     payload = {"info": info, "result": result}
-    emit(payload, markdown(payload), out=args.out, name=args.name or f"progressive_diagnostics_{args.data}_seed{args.seed}_N{args.steps}")
+    emit(payload, markdown(payload), out=args.out, name=args.name or f"progressive_diagnostics_{args.data}_seed{args.seed}_N{args.steps}{'_experts' if args.experts else ''}")
     return 0
 
 
@@ -204,7 +253,8 @@ def markdown(payload: dict) -> str:
              "`only k`: the teacher's exact ODE everywhere but step k, which the student takes; `from k`: the teacher's exact "
              "state at t_k, then the student; RMS: one student step from the teacher's exact state against the exact segment.", ""]
     cols = ["student"] + [f"only {k}" for k in range(k_steps)] + [f"from {k}" for k in range(1, k_steps)]
-    rows = [("as distilled", res["swaps"])] + ([("after exact-segment fine-tuning", res["after_finetune"])] if "after_finetune" in res else [])
+    tuned = "after exact-segment fine-tuning" + (", one copy per step" if info.get("experts") else "")
+    rows = [("as distilled", res["swaps"])] + ([(tuned, res["after_finetune"])] if "after_finetune" in res else [])
     lines += ["| student | R_N | " + " | ".join(f"R ({c})" for c in cols[1:]) + " | " + " | ".join(f"RMS step {k}" for k in range(k_steps)) + " |",
               "|" + "---|" * (2 + len(cols) - 1 + k_steps)]
     for name, r in rows:
@@ -212,8 +262,11 @@ def markdown(payload: dict) -> str:
                      + " | ".join(f"{r[f'rms {k}']:.4f}" for k in range(k_steps)) + " |")
     if "finetune" in res:
         ft = res["finetune"]
-        lines += ["", f"Fine-tuning: {info['finetune_steps']} steps, lr {info['lr']} (cosine), batch {info['batch']}, on "
-                  f"{info['trajectories'] - ft['held_out']} teacher trajectories ({res['trajectory_seconds'] / 60:.1f} min to make); "
+        made = (f"from {res['trajectories_from']}" if "trajectories_from" in res
+                else f"{res['trajectory_seconds'] / 60:.1f} min to make")
+        copies = f" ({info['steps']} copies of the student, one per step, each on its step's segments)" if info.get("experts") else ""
+        lines += ["", f"Fine-tuning{copies}: {info['finetune_steps']} steps, lr {info['lr']} (cosine), batch {info['batch']}, on "
+                  f"{info['trajectories'] - ft['held_out']} teacher trajectories ({made}); "
                   f"held-out weighted segment losses before → after: "
                   + ", ".join(f"step {k} {a:.2e} → {b:.2e}" for k, (a, b) in enumerate(zip(ft["held_out_before"], ft["held_out_after"])))
                   + f"; last training loss {ft['last_train_loss']:.2e}."]
