@@ -144,7 +144,7 @@ def data_args(kind: str, name: str) -> list[str]:
 
 
 def run_one(kind: str, name: str, seed: int, *, work: str, quick: bool, methods: list[str], repeats: int, num: int,
-            log, quick_teacher: bool = False) -> dict:
+            log, quick_teacher: bool = False, teacher_channels: int | None = None) -> dict:
     """Teacher + every method for one data set and seed; returns the rows and timings."""
 
     from flowgen.checkpoint import load_generator
@@ -163,6 +163,8 @@ def run_one(kind: str, name: str, seed: int, *, work: str, quick: bool, methods:
     teacher_recipe, recipes = RECIPES[kind]
     root = os.path.join(work, f"{name}_seed{seed}")
     targs = data_args(kind, name) + (quick_args(kind, name, "teacher") if quick or quick_teacher else []) + COMMON
+    if teacher_channels is not None:  # after the quick overrides, which set the digits U-Net's width to 16
+        targs += ["--model.model.init_args.base_channels", str(teacher_channels)]
     teacher_ckpt, teacher_s = train_teacher(os.path.join(ROOT, teacher_recipe), os.path.join(root, "teacher"), seed=seed, args=targs)
     log(f"  teacher {teacher_s:.1f} s")
     teacher, path, prediction, meta = load_generator(teacher_ckpt)
@@ -262,7 +264,8 @@ def markdown(summary: list[dict], results: list[dict], info: dict) -> str:
              f"Machine: {info['machine']['cpu']}, {info['machine']['cores']} cores, torch {info['machine']['torch']}, "
              f"{info['machine']['threads']} thread(s) (median ms per 3×256-MLP teacher step: "
              f"{info['thread_check']['1_thread_ms_per_step']:.1f} with 1 thread, {info['thread_check']['2_thread_ms_per_step']:.1f} "
-             f"with 2). Mode: {'quick' if info['quick'] else ('quick teacher, full student budgets' if info.get('quick_teacher') else 'full')}; "
+             f"with 2). Mode: {'quick' if info['quick'] else ('quick teacher, full student budgets' if info.get('quick_teacher') else 'full')}"
+             f"{'' if info.get('teacher_channels') is None else ', teacher U-Net of %d base channels' % info['teacher_channels']}; "
              f"seeds {info['seeds']}; {info['repeats']} evaluation set(s) of {info['num']} samples; "
              f"total {info['seconds'] / 60:.1f} min.", "",
              "R_k = (d(student, k steps) − floor)/(d(teacher dopri5) − floor), d = squared W2 to held-out data "
@@ -304,12 +307,49 @@ def markdown(summary: list[dict], results: list[dict], info: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merge(files: list[str], *, out: str, name: str) -> int:
+    """Combine results JSON files written with the same protocol (one per seed, say) into ``out/name``."""
+    payloads = []
+    for f in files:
+        with open(f) as fh:
+            payloads.append(json.load(fh))
+    keys = ("quick", "quick_teacher", "teacher_channels", "repeats", "num", "methods")
+    first = payloads[0]["info"]
+    for f, pl in zip(files[1:], payloads[1:]):
+        differ = [k for k in keys if pl["info"].get(k) != first.get(k)]
+        if differ:
+            raise SystemExit(f"--merge: {f} was run with other {', '.join(differ)} than {files[0]}")
+    results = [r for pl in payloads for r in pl["results"]]
+    seen = [(r["data"], r["seed"]) for r in results]
+    if len(set(seen)) != len(seen):
+        raise SystemExit(f"--merge: a (data, seed) appears in more than one file: {sorted(seen)}")
+    info = dict(first, seeds=sorted({r["seed"] for r in results}), data=list(dict.fromkeys(r["data"] for r in results)),
+                seconds=sum(pl["info"]["seconds"] for pl in payloads),
+                command=" && ".join(pl["info"]["command"] for pl in payloads)
+                + " && python benchmarks/distill_quality.py --merge " + " ".join(os.path.basename(f) for f in files),
+                note=f"Merged from {len(files)} results files (--merge): the total time is the sum of their runs' times, "
+                     "which overlap where the runs went side by side.")
+    summary = summarise(results)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{name}.json"), "w") as fh:
+        json.dump({"info": info, "summary": summary, "results": results}, fh, indent=1, default=str)
+    with open(os.path.join(out, f"{name}.md"), "w") as fh:
+        fh.write(markdown(summary, results, info))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="reduced training budgets (see QUICK)")
     p.add_argument("--quick-teacher", action="store_true",
                    help="the --quick teacher with the recipes' full student budgets: R_k needs a teacher measurably "
                         "above the data floor, which the full-budget teachers are not (see the results)")
+    p.add_argument("--teacher-channels", type=int, metavar="C",
+                   help="digits: the teacher U-Net's base channels (the students start from its weights), after "
+                        "--quick/--quick-teacher's 16; the recipe's own width is 32")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="combine results JSON files of the same protocol (e.g. one per seed, run side by side) into "
+                        "--out/--name and exit")
     p.add_argument("--data", default=",".join(TOYS), help="comma-separated: moons, checkerboard, gmm, 8gaussians, digits")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--methods", default="progressive,consistency_distillation,reflow,consistency_training")
@@ -321,6 +361,12 @@ def main(argv=None) -> int:
     p.add_argument("--name", default="distill_quality", help="results file stem")
     p.add_argument("--render", metavar="JSON", help="rewrite the markdown table of a results JSON and exit")
     args = p.parse_args(argv)
+    if args.teacher_channels is not None and args.teacher_channels < 1:
+        p.error(f"--teacher-channels must be a positive integer, got {args.teacher_channels}")
+    if args.teacher_channels is not None and any(d.strip() != "digits" for d in args.data.split(",") if d.strip()):
+        p.error("--teacher-channels sets the digits U-Net's width; use it with --data digits only")
+    if args.merge:
+        return merge(args.merge, out=args.out, name=args.name)
     if args.render:
         with open(args.render) as fh:
             payload = json.load(fh)
@@ -357,9 +403,11 @@ def main(argv=None) -> int:
         for seed in seeds:
             log(f"[{name} seed {seed}] {time.perf_counter() - t0:.0f} s elapsed")
             results.append(run_one(kind, name, seed, work=args.work, quick=args.quick, methods=methods,
-                                   repeats=args.repeats, num=args.num, log=log, quick_teacher=args.quick_teacher))
+                                   repeats=args.repeats, num=args.num, log=log, quick_teacher=args.quick_teacher,
+                                   teacher_channels=args.teacher_channels))
     summary = summarise(results)
-    info = {"machine": machine(), "quick": args.quick, "quick_teacher": args.quick_teacher, "seeds": seeds, "data": datasets, "methods": methods,
+    info = {"machine": machine(), "quick": args.quick, "quick_teacher": args.quick_teacher,
+            "teacher_channels": args.teacher_channels, "seeds": seeds, "data": datasets, "methods": methods,
             "repeats": args.repeats, "num": args.num, "seconds": time.perf_counter() - t0,
             "command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:])),
             "quick_overrides": QUICK if args.quick else None, "thread_check": threads}
