@@ -647,8 +647,24 @@ def _fit_seconds(cli) -> float:
     return next(c for c in cli.trainer.callbacks if isinstance(c, TrainingClock)).seconds
 
 
+def _finished_run(marker: str, settings: dict) -> dict:
+    """A finished stage's marker, if it was run with ``settings``; a clear error if not.
+
+    Reusing a finished run made with another recipe, other arguments, seed or teacher would
+    silently report the wrong run. Settings a marker does not record (older markers) are not compared.
+    """
+    with open(marker) as fh:
+        info = json.load(fh)
+    differ = [k for k, v in settings.items() if k in info and info[k] != v]
+    if differ:
+        shown = "; ".join(f"{k}: finished with {info[k]!r}, asked for {settings[k]!r}" for k in differ)
+        raise ValueError(f"{os.path.dirname(marker)} holds a finished run with other settings ({shown}); "
+                         "remove that folder or choose another output folder")
+    return info
+
+
 def train_teacher(recipe: str, root: str, *, seed: int, args: list[str]) -> tuple[str, float]:
-    """``flowgen fit`` a teacher recipe into ``root`` (resuming or reusing a finished run).
+    """``flowgen fit`` a teacher recipe into ``root`` (resuming, or reusing a run finished with the same settings).
 
     Returns:
         ``(last.ckpt, seconds)``: the seconds are the run's training clock, which a resumed run
@@ -658,19 +674,19 @@ def train_teacher(recipe: str, root: str, *, seed: int, args: list[str]) -> tupl
 
     last = os.path.join(root, "checkpoints", "last.ckpt")
     marker = _done_marker(root)
+    settings = {"recipe": recipe, "args": list(args), "seed": seed}
     if os.path.isfile(marker) and os.path.isfile(last):
-        with open(marker) as fh:
-            return last, float(json.load(fh).get("seconds", float("nan")))
+        return last, float(_finished_run(marker, settings).get("seconds", float("nan")))
     extra = ["--ckpt_path", last] if os.path.isfile(last) else []
     cli = run_lightning_cli(["fit", "--config", recipe, "--trainer.default_root_dir", root, "--seed_everything", str(seed),
                              "--trainer.enable_progress_bar", "false", *args, *extra])
     sec = _fit_seconds(cli)
-    _write_json(marker, {"seconds": sec, "recipe": recipe, "args": args})
+    _write_json(marker, {"seconds": sec, **settings})
     return last, sec
 
 
 def distill_student(recipe: str, root: str, *, teacher: str, seed: int, args: list[str]) -> tuple[dict, float]:
-    """Run a distillation recipe into ``root`` (resuming or reusing a finished run).
+    """Run a distillation recipe into ``root`` (resuming, or reusing a run finished with the same settings).
 
     Returns:
         ``({snapshot name: file}, seconds)`` — the exported per-phase students plus ``"last"``, and the
@@ -678,9 +694,9 @@ def distill_student(recipe: str, root: str, *, teacher: str, seed: int, args: li
     """
     last = os.path.join(root, "checkpoints", "last.ckpt")
     marker = _done_marker(root)
+    settings = {"recipe": recipe, "args": list(args), "seed": seed, "teacher": os.path.abspath(teacher)}
     if os.path.isfile(marker) and os.path.isfile(last):
-        with open(marker) as fh:
-            info = json.load(fh)
+        info = _finished_run(marker, settings)
         return dict(info["students"]), float(info["seconds"])
     extra = ["--ckpt_path", last] if os.path.isfile(last) else []
     cli = run_distill(["--config", recipe, "--teacher", teacher, "--trainer.default_root_dir", root,
@@ -688,8 +704,7 @@ def distill_student(recipe: str, root: str, *, teacher: str, seed: int, args: li
     sec = _fit_seconds(cli)
     students = {os.path.splitext(os.path.basename(f))[0]: f for f in cli.model.exported}
     students["last"] = last
-    _write_json(marker, {"seconds": sec, "recipe": recipe, "args": args, "students": students,
-                         "method": cli.model.method_name})
+    _write_json(marker, {"seconds": sec, **settings, "students": students, "method": cli.model.method_name})
     return students, sec
 
 

@@ -252,3 +252,21 @@ def test_a_resumed_stage_reports_the_time_of_earlier_sessions_too(tmp_path):
     _, total = train_teacher(recipe, str(root), seed=0, args=args + ["--trainer.max_steps", "8"])
     assert safe_load(last)["global_step"] == 8  # resumed, not restarted
     assert 1000.0 < total < 1060.0
+
+
+def test_a_finished_stage_is_reused_only_with_the_same_settings(tmp_path):
+    """A finished stage run with other arguments or seed is an error naming its folder, not a silent reuse."""
+    from flowgen.distill_cli import train_teacher
+
+    recipe = os.path.join(RECIPES, "rf_moons.yaml")
+    root = tmp_path / "teacher"
+    args = ["--trainer.logger", "false", "--trainer.limit_val_batches", "0", "--data.init_args.batch_size", "16",
+            "--model.model.init_args.hidden", "16", "--trainer.max_steps", "2"]
+    last, sec = train_teacher(recipe, str(root), seed=0, args=args)
+    mtime = os.path.getmtime(last)
+    assert train_teacher(recipe, str(root), seed=0, args=list(args)) == (last, sec)  # the same settings: reused
+    assert os.path.getmtime(last) == mtime
+    with pytest.raises(ValueError, match=r"teacher holds a finished run with other settings \(args"):
+        train_teacher(recipe, str(root), seed=0, args=args[:-1] + ["4"])
+    with pytest.raises(ValueError, match="seed: finished with 0, asked for 1"):
+        train_teacher(recipe, str(root), seed=1, args=args)
