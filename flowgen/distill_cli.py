@@ -651,11 +651,16 @@ def _finished_run(marker: str, settings: dict) -> dict:
     """A finished stage's marker, if it was run with ``settings``; a clear error if not.
 
     Reusing a finished run made with another recipe, other arguments, seed or teacher would
-    silently report the wrong run. Settings a marker does not record (older markers) are not compared.
+    silently report the wrong run. Settings a marker does not record (older markers) are not compared;
+    the recipe and teacher files compare as absolute paths.
     """
     with open(marker) as fh:
         info = json.load(fh)
-    differ = [k for k, v in settings.items() if k in info and info[k] != v]
+
+    def recorded(key):  # files compare as absolute paths (an older marker may hold a relative one)
+        return os.path.abspath(info[key]) if key in ("recipe", "teacher") else info[key]
+
+    differ = [k for k, v in settings.items() if k in info and recorded(k) != v]
     if differ:
         shown = "; ".join(f"{k}: finished with {info[k]!r}, asked for {settings[k]!r}" for k in differ)
         raise ValueError(f"{os.path.dirname(marker)} holds a finished run with other settings ({shown}); "
@@ -674,7 +679,7 @@ def train_teacher(recipe: str, root: str, *, seed: int, args: list[str]) -> tupl
 
     last = os.path.join(root, "checkpoints", "last.ckpt")
     marker = _done_marker(root)
-    settings = {"recipe": recipe, "args": list(args), "seed": seed}
+    settings = {"recipe": os.path.abspath(recipe), "args": list(args), "seed": seed}
     if os.path.isfile(marker) and os.path.isfile(last):
         return last, float(_finished_run(marker, settings).get("seconds", float("nan")))
     extra = ["--ckpt_path", last] if os.path.isfile(last) else []
@@ -694,7 +699,7 @@ def distill_student(recipe: str, root: str, *, teacher: str, seed: int, args: li
     """
     last = os.path.join(root, "checkpoints", "last.ckpt")
     marker = _done_marker(root)
-    settings = {"recipe": recipe, "args": list(args), "seed": seed, "teacher": os.path.abspath(teacher)}
+    settings = {"recipe": os.path.abspath(recipe), "args": list(args), "seed": seed, "teacher": os.path.abspath(teacher)}
     if os.path.isfile(marker) and os.path.isfile(last):
         info = _finished_run(marker, settings)
         return dict(info["students"]), float(info["seconds"])

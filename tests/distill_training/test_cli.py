@@ -266,6 +266,13 @@ def test_a_finished_stage_is_reused_only_with_the_same_settings(tmp_path):
     mtime = os.path.getmtime(last)
     assert train_teacher(recipe, str(root), seed=0, args=list(args)) == (last, sec)  # the same settings: reused
     assert os.path.getmtime(last) == mtime
+    cwd = os.getcwd()
+    os.chdir(RECIPES)
+    try:  # the same recipe file by a relative path, from another folder: still reused
+        assert train_teacher("rf_moons.yaml", str(root), seed=0, args=list(args)) == (last, sec)
+    finally:
+        os.chdir(cwd)
+    assert os.path.getmtime(last) == mtime
     with pytest.raises(ValueError, match=r"teacher holds a finished run with other settings \(args"):
         train_teacher(recipe, str(root), seed=0, args=args[:-1] + ["4"])
     with pytest.raises(ValueError, match="seed: finished with 0, asked for 1"):
