@@ -33,6 +33,7 @@ from .consistency import (
     consistency_distillation_loss,
     consistency_function,
     consistency_grid,
+    default_spacing,
     consistency_sample,
     consistency_training_loss,
     curriculum_from_config,
@@ -66,7 +67,7 @@ __all__ = [
     # progressive
     "progressive_target", "progressive_distillation_loss", "ProgressiveDistillation", "TruncatedSNRWeight",
     # consistency
-    "consistency_function", "default_t_max", "consistency_grid", "cm_num_scales", "cm_ema_decay", "ict_num_scales",
+    "consistency_function", "default_t_max", "consistency_grid", "default_spacing", "cm_num_scales", "cm_ema_decay", "ict_num_scales",
     "Curriculum", "ConstantCurriculum", "CMCurriculum", "ICTCurriculum", "curriculum_from_config",
     "IndexDistribution", "ConsistencyWeighting", "lognormal_index_probabilities", "ema_update_", "rng_devices",
     "paired_passes", "teacher_ode_step", "consistency_distillation_loss", "consistency_training_loss",

@@ -1051,8 +1051,10 @@ class ConsistencyModule(DistillModule):
         t_min, t_max, rho: the time range (``t_min`` default ``max(path.t_min, t(σ/α = 0.002))``, EDM's
             σ_min) and the ρ of the grid.
         spacing: the grid's spacing: ``"karras"`` (the ρ-schedule in ``σ̃``, CM's) or ``"uniform"`` in ``t``
-            (also ``"log_snr"``, ``"shifted"``; :func:`~flowgen.distill.consistency_grid`). On rectified-flow
-            teachers the uniform grid is the accurate one for the teacher's Heun steps.
+            (also ``"log_snr"``, ``"shifted"``; :func:`~flowgen.distill.consistency_grid`). Default ``None``:
+            for distillation :func:`~flowgen.distill.default_spacing` (uniform on a rectified-flow path,
+            where it is the accurate grid for the teacher's Heun steps; the ρ-schedule elsewhere), for
+            training the ρ-schedule.
         metric: ``"l2"`` or ``"pseudo_huber"`` (default: l2 for distillation, pseudo-Huber for training).
         weighting: ``"uniform"`` or ``"inverse_gap"`` (default: uniform / inverse_gap).
         index_distribution: ``"uniform"`` or ``"lognormal"`` (default: uniform / lognormal).
@@ -1098,7 +1100,7 @@ class ConsistencyModule(DistillModule):
                  path: Path | None = None, solver: str = "heun", curriculum: str = "constant", num_scales: int = 18,
                  ema_decay: float = 0.95, s0: int | None = None, s1: int | None = None, mu0: float = 0.9,
                  curriculum_steps: int | None = None, t_min: float | None = None, t_max: float | None = None,
-                 rho: float = 7.0, spacing: str = "karras", metric: str | None = None, weighting: str | None = None,
+                 rho: float = 7.0, spacing: str | None = None, metric: str | None = None, weighting: str | None = None,
                  index_distribution: str | None = None, p_mean: float = -1.1, p_std: float = 2.0,
                  sigma_data: float = 0.5, max_sample_steps: int = 4, sample_times: dict | None = None,
                  tune_sample_times: bool = False, tune_num: int = 2000, tune_candidates: int = 24,
@@ -1132,8 +1134,11 @@ class ConsistencyModule(DistillModule):
         if t_min is None:  # EDM's σ_min = 0.002 in the path's VE frame, or the path's own t_min if larger
             floor = float(path.t_from_log_snr(torch.tensor([-2.0 * math.log(0.002)], dtype=torch.float64))[0])
             t_min = max(float(path.t_min), floor) if math.isfinite(floor) else float(path.t_min)
+        from ..distill import default_spacing
+
         self.loss_args = dict(
-            t_min=t_min, t_max=t_max, rho=rho, spacing=spacing,
+            t_min=t_min, t_max=t_max, rho=rho,
+            spacing=spacing if spacing is not None else (default_spacing(path) if mode == "distillation" else "karras"),
             metric=metric or ("l2" if mode == "distillation" else "pseudo_huber"),
             weighting=weighting or ("uniform" if mode == "distillation" else "inverse_gap"),
             index_distribution=index_distribution or ("uniform" if mode == "distillation" else "lognormal"),
@@ -1283,7 +1288,18 @@ class ConsistencyModule(DistillModule):
         super().on_train_end()
 
     def method_state(self) -> dict:
-        return {"sample_times": {str(k): v for k, v in (self.sample_times or {}).items()}}
+        return {"sample_times": {str(k): v for k, v in (self.sample_times or {}).items()}, "spacing": self.distiller.spacing}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The grid's spacing is part of the run: resuming on another grid would change the training
+        # pairs mid-run. Older checkpoints record it only among the hyperparameters (spacing="karras"
+        # was then the default for every path).
+        state = ((checkpoint.get(METADATA_KEY) or {}).get(RUN_STATE_KEY) or {}).get("method_state") or {}
+        recorded = state.get("spacing") or (checkpoint.get("hyper_parameters") or {}).get("spacing")
+        if isinstance(recorded, str) and recorded != self.distiller.spacing:
+            raise DistillStateError(f"the checkpoint's run trained on spacing={recorded!r}, this module on "
+                                    f"spacing={self.distiller.spacing!r}; resume with spacing={recorded!r}")
+        super().on_load_checkpoint(checkpoint)
 
     def load_method_state(self, state: dict) -> None:
         st = state.get("sample_times") or {}

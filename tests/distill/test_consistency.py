@@ -27,6 +27,7 @@ from flowgen.distill import (
     consistency_sample,
     consistency_training_loss,
     curriculum_from_config,
+    default_spacing,
     default_t_max,
     ema_update_,
     ict_num_scales,
@@ -245,6 +246,28 @@ def test_consistency_grid_spacing_uniform_in_t_and_draw_uses_it():
             consistency_grid(6, path, t_min=0.002, t_max=0.98, spacing=bad)
         with pytest.raises(ValueError, match="spacing must be one of"):
             ConsistencyTraining(path, total_steps=10, spacing=bad)
+
+
+def test_distillation_defaults_to_the_uniform_grid_on_linear_interpolant_paths_only():
+    from flowgen.paths import VP, AffinePath, Cosine, DiscreteDDPM
+
+    linear = AffinePath(alpha=lambda t: 1 - t, sigma=lambda t: t)
+    assert default_spacing(RectifiedFlow()) == "uniform" and default_spacing(linear) == "uniform"
+    curved = AffinePath(alpha=lambda t: 1 - t ** 2, sigma=lambda t: t)
+    for path in (EDM(), VP(), Cosine(), DiscreteDDPM.linear(1000), curved):
+        assert default_spacing(path) == "karras", type(path).__name__
+    teacher = RandomLinearTeacher(2, seed=0)
+    kw = dict(teacher_prediction="velocity", curriculum=ConstantCurriculum(9), t_min=0.002, t_max=0.98)
+    cd = ConsistencyDistillation(teacher, path=RectifiedFlow(), **kw)
+    assert cd.spacing == "uniform" and cd.config()["spacing"] == "uniform"
+    torch.testing.assert_close(cd.grid(0), torch.linspace(0.98, 0.002, 9, dtype=F64), rtol=0, atol=1e-12)
+    assert ConsistencyDistillation(teacher, path=RectifiedFlow(), spacing="karras", **kw).spacing == "karras"
+    assert ConsistencyDistillation(teacher, path=curved, **kw).spacing == "karras"
+    # the student's default multistep times follow the same grid
+    gen = cd.student_generator(cd.consistency_function(nn.Linear(2, 2)))
+    assert gen.spacing == "uniform" and gen.step_times[2] == pytest.approx([0.98, 0.491], abs=1e-12)
+    # consistency training keeps improved CT's ρ-schedule on every path
+    assert ConsistencyTraining(RectifiedFlow(), total_steps=10).spacing == "karras"
 
 
 def test_draw_gives_adjacent_grid_times_and_ict_weights():

@@ -264,6 +264,25 @@ def test_resuming_with_another_method_is_refused(rf_teacher, tmp_path, trainer_f
         trainer_factory(tmp_path / "d", 8).fit(METHODS["reflow"][0](rf_teacher), _data(), ckpt_path=rf_teacher)
 
 
+def test_resuming_a_consistency_run_on_another_grid_is_refused(rf_teacher, tmp_path, trainer_factory):
+    pl.seed_everything(0, verbose=False)
+    trainer_factory(tmp_path / "a", 3).fit(ConsistencyModule(rf_teacher, num_scales=6, sigma_data=1.0, spacing="karras"), _data())
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    with pytest.raises(DistillStateError, match="spacing='karras'.*spacing='uniform'"):
+        trainer_factory(tmp_path / "b", 6).fit(ConsistencyModule(rf_teacher, num_scales=6, sigma_data=1.0), _data(), ckpt_path=str(last))
+    # a checkpoint written before the spacing was part of the run state: its hyperparameters tell
+    ck = torch.load(last, weights_only=False)
+    ck["flowgen"]["distill_state"]["method_state"].pop("spacing")
+    assert ck["hyper_parameters"]["spacing"] == "karras"
+    old = tmp_path / "old.ckpt"
+    torch.save(ck, old)
+    with pytest.raises(DistillStateError, match="resume with spacing='karras'"):
+        trainer_factory(tmp_path / "c", 6).fit(ConsistencyModule(rf_teacher, num_scales=6, sigma_data=1.0), _data(), ckpt_path=str(old))
+    # the same grid resumes
+    trainer_factory(tmp_path / "d", 6).fit(ConsistencyModule(rf_teacher, num_scales=6, sigma_data=1.0, spacing="karras"), _data(),
+                                           ckpt_path=str(old))
+
+
 def test_other_path_and_prediction_teacher(eps_teacher, tmp_path, trainer_factory):
     """A DDPM ε teacher on the VP path: progressive keeps ε, consistency predicts data; both checkpoints sample."""
     pl.seed_everything(0, verbose=False)
@@ -290,17 +309,24 @@ def test_multistep_candidates_are_training_grid_times_thinned_evenly(rf_teacher)
 
     m = ConsistencyModule(rf_teacher, num_scales=30, sigma_data=1.0, tune_candidates=5)
     d = m.distiller
-    grid = consistency_grid(30, d.path, t_min=d.t_min, t_max=d.t_max, rho=d.rho)[1:-1].tolist()
+    grid = consistency_grid(30, d.path, t_min=d.t_min, t_max=d.t_max, rho=d.rho, spacing=d.spacing)[1:-1].tolist()
     cands = m._tune_candidates_from_grid()
     assert len(cands) == 5 and all(c in grid for c in cands) and cands[0] == grid[0] and cands[-1] == grid[-1]
     assert ConsistencyModule(rf_teacher, num_scales=6, sigma_data=1.0)._tune_candidates_from_grid() == \
-        consistency_grid(6, d.path, t_min=d.t_min, t_max=d.t_max, rho=d.rho)[1:-1].tolist()
+        consistency_grid(6, d.path, t_min=d.t_min, t_max=d.t_max, rho=d.rho, spacing=d.spacing)[1:-1].tolist()
     u = ConsistencyModule(rf_teacher, num_scales=6, sigma_data=1.0, spacing="uniform")
     assert u.distiller.spacing == "uniform" and u.distiller.config()["spacing"] == "uniform"
     want = torch.linspace(u.distiller.t_max, u.distiller.t_min, 6, dtype=torch.float64)[1:-1].tolist()
     assert u._tune_candidates_from_grid() == pytest.approx(want, abs=1e-12)
     with pytest.raises(ValueError, match="spacing must be one of"):
         ConsistencyModule(rf_teacher, num_scales=6, spacing="ρ")
+
+
+def test_consistency_module_grid_default_follows_the_teachers_path(rf_teacher, eps_teacher):
+    assert ConsistencyModule(rf_teacher, num_scales=6, sigma_data=1.0).distiller.spacing == "uniform"
+    assert ConsistencyModule(eps_teacher, num_scales=6, sigma_data=1.0).distiller.spacing == "karras"  # a VP path
+    assert ConsistencyModule(rf_teacher, num_scales=6, sigma_data=1.0, spacing="karras").distiller.spacing == "karras"
+    assert ConsistencyModule(rf_teacher, mode="training", sigma_data=1.0, total_steps=10).distiller.spacing == "karras"
 
 
 def test_consistency_time_search_scores_the_mean_over_independent_draws(rf_teacher):
@@ -322,7 +348,7 @@ def test_consistency_time_search_scores_the_mean_over_independent_draws(rf_teach
         ref_noise = torch.randn((64, 2), generator=g)
         draws.append((noise, sample(m.teacher, m.teacher_flow_path, ref_noise, prediction=m.teacher_pred, method="heun",
                                     steps=32).samples))
-    cands = consistency_grid(6, d.path, t_min=d.t_min, t_max=d.t_max, rho=d.rho)[1:-1].tolist()
+    cands = consistency_grid(6, d.path, t_min=d.t_min, t_max=d.t_max, rho=d.rho, spacing=d.spacing)[1:-1].tolist()
     scores, first = {}, {}
     for tau in cands:
         gen = ConsistencyGenerator(m.student, d.path, t_min=d.t_min, t_max=d.t_max, step_times={2: [d.t_max, tau]},
@@ -355,7 +381,7 @@ def test_consistency_time_search_can_score_with_sliced_w2(rf_teacher):
     noise, ref_noise = torch.randn((256, 2), generator=g), torch.randn((256, 2), generator=g)
     ref = sample(m.teacher, m.teacher_flow_path, ref_noise, prediction=m.teacher_pred, method="dopri5").samples.double()
     sliced, exact = {}, {}
-    for tau in consistency_grid(6, d.path, t_min=d.t_min, t_max=d.t_max, rho=d.rho)[1:-1].tolist():
+    for tau in consistency_grid(6, d.path, t_min=d.t_min, t_max=d.t_max, rho=d.rho, spacing=d.spacing)[1:-1].tolist():
         gen = ConsistencyGenerator(m.student, d.path, t_min=d.t_min, t_max=d.t_max, step_times={2: [d.t_max, tau]},
                                    sigma_data=d.sigma_data)
         x = gen.sample(noise, steps=2, generator=torch.Generator().manual_seed(m.val_seed + 2)).double()
@@ -415,7 +441,7 @@ def test_consistency_multistep_times_are_chosen_greedily_and_stored(rf_teacher, 
     from flowgen.distill import consistency_grid
 
     # the candidates are the training grid's interior times (N = 6): the student is trained only there
-    cands = consistency_grid(6, d.path, t_min=d.t_min, t_max=d.t_max, rho=d.rho)[1:-1].tolist()
+    cands = consistency_grid(6, d.path, t_min=d.t_min, t_max=d.t_max, rho=d.rho, spacing=d.spacing)[1:-1].tolist()
     assert all(times[k][-1] in cands for k in (2, 3))
     scores = {}
     for tau in cands:
