@@ -13,6 +13,11 @@
    ``--experts`` every step gets its own copy of the student, fine-tuned on that step's segments only
    (K times the parameters at the same cost per step): if one network shared by the K steps were what
    limits the fit, the copies would fit, and score, better.
+3. **Stochastic sampling** (``--stochastic``): the same student and ``K`` evaluations, sampled with DDIM
+   at ``eta > 0`` (fresh noise replaces part of the predicted noise at every step) and with Meng et
+   al.'s stochastic sampler for distilled students (arXiv:2210.03142: a deterministic step of twice the
+   length, then the forward process back up one step; the last step deterministic). Re-noising can
+   wash out earlier steps' errors, or add its own.
 
 Run after ``distill_quality.py --data digits --quick-teacher`` (its ``--work`` folder)::
 
@@ -70,6 +75,43 @@ def segment_swaps(teacher, path, pred, student, protocol) -> dict:
                 out.setdefault(f"only {k}", []).append(protocol.distance(rest, i))
                 if k:
                     out.setdefault(f"from {k}", []).append(protocol.distance(run_student(exact[k], k, k_steps), i))
+    return out
+
+
+def stochastic_sampling(student, path, protocol, *, etas, seed: int) -> dict:
+    """Distances (per evaluation set) of the student's ``K``-evaluation stochastic samplers (module docstring, 3.)."""
+    import torch
+
+    from flowgen.parameterization import to_data_noise
+    from flowgen.samplers import sample
+
+    g = student.grid.to(torch.float64)
+    k_steps = g.numel() - 1
+    a = path.alpha(g).tolist()
+    s = path.sigma(g).tolist()
+
+    def meng(x, gen):
+        for k in range(k_steps):
+            t = torch.full((x.shape[0],), float(g[k]), dtype=x.dtype)
+            data, noise = to_data_noise(student.model(x, t), src=student.prediction, x_t=x, t=t, path=student.path)
+            if k == k_steps - 1:  # the last step: deterministic, to t_K
+                return a[k + 1] * data + s[k + 1] * noise
+            y = a[k + 2] * data + s[k + 2] * noise  # deterministic, two steps down
+            r = a[k + 1] / a[k + 2]  # forward process t_{k+2} -> t_{k+1}
+            x = r * y + max(s[k + 1] ** 2 - (r * s[k + 2]) ** 2, 0.0) ** 0.5 * torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        return x
+
+    out: dict[str, list[float]] = {}
+    with torch.no_grad():
+        for i in range(protocol.repeats):
+            x0 = protocol.noises[i] * s[0]
+            for eta in etas:
+                gen = torch.Generator().manual_seed(seed + 31 * i + 2000)
+                x = sample(student.model, student.path, protocol.noises[i], prediction=student.prediction, method="ddim",
+                           grid=student.grid, eta=eta, generator=gen).samples
+                out.setdefault(f"ddim eta={eta:g}", []).append(protocol.distance(x, i))
+            if k_steps >= 2:
+                out.setdefault("meng", []).append(protocol.distance(meng(x0, torch.Generator().manual_seed(seed + 31 * i + 1000)), i))
     return out
 
 
@@ -181,10 +223,18 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--experts", action="store_true", help="fine-tune one copy of the student per step, each on its own step's segments")
+    p.add_argument("--stochastic", action="store_true", help="also score the student's stochastic samplers (DDIM eta, Meng et al.)")
+    p.add_argument("--etas", default="0,0.1,0.2,0.3,0.5,1", help="DDIM eta values for --stochastic")
     p.add_argument("--cache", help="a .pt file for the teacher trajectories: loaded if it exists (it must match --trajectories), else written")
     p.add_argument("--out", help="folder for <name>.json and <name>.md")
     p.add_argument("--name", default=None)
     args = p.parse_args(argv)
+    try:
+        etas = [float(v) for v in args.etas.split(",")]
+    except ValueError:
+        p.error(f"--etas must be comma-separated numbers, got {args.etas!r}")
+    if not all(0.0 <= e <= 1.0 for e in etas):
+        p.error(f"--etas must be numbers in [0, 1], got {args.etas!r}")
 
     import torch
 
@@ -213,6 +263,11 @@ def main(argv=None) -> int:
     log(f"[{args.data} seed {args.seed}] segment swaps, N = {args.steps}")
     swaps = segment_swaps(teacher, path, pred, student, protocol)
     result = {"swaps": ratios(swaps), "swaps_raw": swaps}
+    if args.stochastic:
+        log("  stochastic sampling")
+        sto = stochastic_sampling(student, path, protocol, etas=etas, seed=args.seed)
+        result["stochastic"] = ratios({"teacher": swaps["teacher"], **sto})
+        result["stochastic_raw"] = sto
     if args.finetune_steps:
         log(f"  teacher trajectories: {args.trajectories}")
         t1 = time.perf_counter()
@@ -236,7 +291,7 @@ def main(argv=None) -> int:
     info = {"machine": machine_line(),
             "work": args.work, "seed": args.seed, "steps": args.steps, "repeats": args.repeats, "num": args.num,
             "finetune_steps": args.finetune_steps, "trajectories": args.trajectories, "lr": args.lr, "batch": args.batch,
-            "experts": args.experts,
+            "experts": args.experts, "stochastic": args.stochastic,
             "seconds": time.perf_counter() - t0, "floor": protocol.floor,
             "command": command_line(__file__, argv)}
     payload = {"info": info, "result": result}
@@ -260,6 +315,12 @@ def markdown(payload: dict) -> str:
     for name, r in rows:
         lines.append(f"| {name} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " | "
                      + " | ".join(f"{r[f'rms {k}']:.4f}" for k in range(k_steps)) + " |")
+    if "stochastic" in res:
+        sto = {k: v for k, v in res["stochastic"].items() if k != "teacher"}
+        lines += ["", f"Stochastic sampling ({k_steps} evaluations each; `ddim eta=0` is the deterministic sampler above; "
+                  "`meng`: Meng et al.'s two-steps-down, one-step-up scheme):", "",
+                  "| sampler | " + " | ".join(sto) + " |", "|---|" + "---|" * len(sto),
+                  "| R_N | " + " | ".join(f"{v:.3f}" for v in sto.values()) + " |"]
     if "finetune" in res:
         ft = res["finetune"]
         made = (f"from {res['trajectories_from']}" if "trajectories_from" in res

@@ -171,7 +171,7 @@ def default_spacing(path: Path) -> str:
     path. A distilled student learns its grid's discretised teacher ODE, and on a rectified-flow
     teacher the ρ-schedule is the poorer solver: the teachers' own 17 Heun steps scored R 1.26
     against 1.04 on the quick digits teacher, and 0.68 / 1.19 / 1.36 against 1.00 / 1.09 / 1.09 on
-    the quick Gaussian-mixture teachers (README, Performance). Consistency training keeps the
+    the quick Gaussian-mixture teachers (docs/distillation.md). Consistency training keeps the
     ρ-schedule of improved CT.
     """
     t = torch.tensor([0.0, 0.1, 0.37, 0.5, 0.83, 1.0], dtype=torch.float64)
