@@ -920,8 +920,10 @@ class ProgressiveDistillModule(DistillModule):
             cost up to ``k(N − 1)`` teacher evaluations per such sample).
         steps_per_round: optimizer steps per round, one int or a list (one per round).
         student_prediction: the student's prediction kind (default: the teacher's).
-        grid: the first teacher grid: ``"uniform"`` (the paper's), ``"karras"``, ``"log_snr"``, ``"shifted"``.
-        t_max, t_min: the grid's interval (default the path's).
+        grid: the first teacher grid: ``"uniform"`` (the paper's), ``"karras"``, ``"log_snr"``, ``"shifted"``,
+            or an explicit strictly decreasing list of ``factor·student_steps + 1`` times (later rounds keep
+            every ``factor``-th point).
+        t_max, t_min: a named grid's interval (default the path's).
         weighting: the loss weighting (default truncated SNR, ``max(SNR, 1)`` in data space).
         metric: ``"l2"`` or ``"pseudo_huber"``.
         **kwargs: the shared arguments of :class:`DistillModule`.
@@ -935,7 +937,7 @@ class ProgressiveDistillModule(DistillModule):
     method_name = "progressive"
 
     def __init__(self, teacher=None, student: nn.Module | None = None, *, student_steps: int = 64, final_steps: int = 1,
-                 steps_per_round: int | list[int] = 1000, student_prediction: str | None = None, grid: str = "uniform",
+                 steps_per_round: int | list[int] = 1000, student_prediction: str | None = None, grid: str | list[float] = "uniform",
                  t_max: float | None = None, t_min: float | None = None, weighting: str | None = None, metric: str = "l2",
                  factor: int | list[int] = 2, trajectory_fraction: float = 0.0, trajectory_max_steps: int = 16,
                  **kwargs):

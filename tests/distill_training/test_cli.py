@@ -68,6 +68,15 @@ def test_every_distillation_recipe_parses_and_builds_its_module(recipe, rf_teach
     assert cli.trainer.checkpoint_callback.dirpath == os.path.join(str(tmp_path), "checkpoints")
 
 
+def test_a_progressive_recipe_takes_an_explicit_grid_from_the_command_line(rf_teacher, tmp_path):
+    recipe = next(r for r in DISTILL_RECIPES if os.path.basename(r) == "progressive_moons.yaml")
+    args = ["--config", recipe, "--teacher", rf_teacher, "--trainer.default_root_dir", str(tmp_path), *TINY]
+    cli = run_distill(args + ["--model.init_args.student_steps", "2", "--model.init_args.final_steps", "1",
+                              "--model.init_args.steps_per_round", "1", "--trainer.max_steps", "2",
+                              "--model.init_args.grid", "[1.0, 0.9, 0.6, 0.25, 0.0]"], run=False)
+    assert cli.model.distiller.teacher_grid.tolist() == [1.0, 0.9, 0.6, 0.25, 0.0]
+
+
 @pytest.mark.parametrize("report", REPORTS, ids=[os.path.basename(r) for r in REPORTS])
 def test_report_configs_are_valid_and_name_existing_recipes(report):
     cfg = _read_report_config(report)

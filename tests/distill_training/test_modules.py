@@ -130,6 +130,19 @@ def test_progressive_round_n_and_grid_live_in_the_checkpoint(rf_teacher, tmp_pat
     assert meta["generator"]["grid"] == [1.0, 0.5, 0.0]
 
 
+def test_progressive_module_takes_an_explicit_first_grid(rf_teacher, tmp_path, trainer_factory):
+    grid = [1.0, 0.8, 0.55, 0.3, 0.12, 0.0]  # factor 5, one student step: every fifth point
+    with pytest.raises(ValueError, match="grid"):
+        ProgressiveDistillModule(rf_teacher, student_steps=1, final_steps=1, factor=5, steps_per_round=2, grid=grid[:-1])
+    m = ProgressiveDistillModule(rf_teacher, student_steps=2, final_steps=1, factor=[2, 2], steps_per_round=2,
+                                 grid=[1.0, 0.9, 0.6, 0.25, 0.0])
+    assert m.distiller.teacher_grid.tolist() == [1.0, 0.9, 0.6, 0.25, 0.0] and m.distiller.student_grid.tolist() == [1.0, 0.6, 0.0]
+    trainer_factory(tmp_path, 4).fit(m, _data())
+    assert m.generator().grid.tolist() == [1.0, 0.0]
+    one = ProgressiveDistillModule(rf_teacher, student_steps=1, final_steps=1, factor=5, steps_per_round=2, grid=grid)
+    assert one.distiller.teacher_grid.tolist() == grid and one.distiller.student_grid.tolist() == [1.0, 0.0]
+
+
 def test_progressive_factor_rounds_snapshot_and_resume_mid_round(rf_teacher, tmp_path, trainer_factory):
     """factor=[2, 4, 2]: N = 8 (teacher 16 steps) → 2 (4 steps of the N = 8 student each) → 1; resumes in round 1."""
     def make():
