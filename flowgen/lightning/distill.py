@@ -397,12 +397,14 @@ class DistillModule(LightHookNames, pl.LightningModule):
             student_spec = student_spec or teacher_spec
             if init_from_teacher and isinstance(self.teacher, nn.Module):
                 student.load_state_dict(self.teacher.state_dict())
+                self._student_from_teacher = True
         else:
             if not isinstance(student, nn.Module):
                 raise TypeError(f"student must be a torch.nn.Module, got {type(student).__name__}")
             if init_from_teacher and isinstance(self.teacher, nn.Module):
                 try:
                     student.load_state_dict(self.teacher.state_dict())
+                    self._student_from_teacher = True
                 except RuntimeError:
                     warnings.warn("the student's architecture differs from the teacher's: it starts from its own "
                                   "initialisation (init_from_teacher has no effect)", stacklevel=2)
@@ -592,6 +594,17 @@ class DistillModule(LightHookNames, pl.LightningModule):
 
     def _take_student(self) -> nn.Module:
         return self._new_student.pop()
+
+    def _check_student_prediction(self, prediction) -> None:
+        """Warn when a student that starts from the teacher's weights is to predict another kind than the teacher."""
+        if prediction is None or not getattr(self, "_student_from_teacher", False) or self.teacher_pred is None:
+            return
+        pred, teacher = Prediction.parse(prediction, "student_prediction"), Prediction.parse(self.teacher_pred)
+        if pred is not teacher:
+            warnings.warn(f"the student starts from the teacher's weights, trained to predict {teacher.value!r}, "
+                          f"but student_prediction is {pred.value!r}: it starts far from its target and relearns its output "
+                          "(pass init_from_teacher=False to start from fresh weights, or keep the teacher's prediction)",
+                          stacklevel=3)
 
     def trainable_parameters(self):
         return self.student.parameters()
@@ -956,6 +969,7 @@ class ProgressiveDistillModule(DistillModule):
         rounds = len(self.factors)
         self.num_rounds = rounds
         self.steps_per_round = _steps_list(steps_per_round, rounds, "steps_per_round")
+        self._check_student_prediction(student_prediction)
         self.student = self._take_student()
         self.distiller = ProgressiveDistillation(
             self.teacher, student_steps=n, path=self.teacher_flow_path, teacher_prediction=self.teacher_pred,
@@ -1399,6 +1413,7 @@ class ReflowModule(DistillModule):
         self.stats_samples, self.stats_steps = _check_pos_int(stats_samples, "stats_samples"), _check_pos_int(stats_steps, "stats_steps")
         pred = Prediction.parse(student_prediction if student_prediction is not None else self.teacher_pred, "student_prediction")
         self.student_prediction = pred
+        self._check_student_prediction(pred)
         self.student = self._take_student()
         self.reflow = Reflow(self.teacher_flow_path, pred, time=time)
         self.one_step = OneStepDistillation(self.teacher_flow_path, pred, metric=metric)

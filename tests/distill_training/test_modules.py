@@ -143,6 +143,20 @@ def test_progressive_module_takes_an_explicit_first_grid(rf_teacher, tmp_path, t
     assert one.distiller.teacher_grid.tolist() == grid and one.distiller.student_grid.tolist() == [1.0, 0.0]
 
 
+def test_a_teacher_initialised_student_with_another_prediction_is_warned_about(rf_teacher):
+    import warnings
+
+    with pytest.warns(UserWarning, match="trained to predict 'velocity', but student_prediction is 'data'"):
+        ProgressiveDistillModule(rf_teacher, student_steps=2, steps_per_round=2, student_prediction="data")
+    with pytest.warns(UserWarning, match="trained to predict 'velocity', but student_prediction is 'noise'"):
+        ReflowModule(rf_teacher, student_prediction="noise")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the teacher's own prediction, or fresh weights: no warning
+        ProgressiveDistillModule(rf_teacher, student_steps=2, steps_per_round=2, student_prediction="velocity")
+        ProgressiveDistillModule(rf_teacher, student_steps=2, steps_per_round=2, student_prediction="data", init_from_teacher=False)
+        ReflowModule(rf_teacher)
+
+
 def test_progressive_factor_rounds_snapshot_and_resume_mid_round(rf_teacher, tmp_path, trainer_factory):
     """factor=[2, 4, 2]: N = 8 (teacher 16 steps) → 2 (4 steps of the N = 8 student each) → 1; resumes in round 1."""
     def make():
