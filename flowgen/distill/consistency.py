@@ -177,7 +177,7 @@ def default_spacing(path: Path) -> str:
     t = torch.tensor([0.0, 0.1, 0.37, 0.5, 0.83, 1.0], dtype=torch.float64)
     try:
         a, s = path.alpha(t), path.sigma(t)
-    except Exception:  # a path that cannot be probed keeps CM's schedule
+    except (ValueError, RuntimeError, TypeError):  # a path that cannot be probed at its ends keeps CM's schedule
         return Grid.KARRAS.value
     linear = bool(torch.allclose(a, 1.0 - t, rtol=0.0, atol=1e-9) and torch.allclose(s, t, rtol=0.0, atol=1e-9))
     return Grid.UNIFORM.value if linear else Grid.KARRAS.value
