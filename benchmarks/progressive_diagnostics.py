@@ -82,24 +82,22 @@ def stochastic_sampling(student, path, protocol, *, etas, seed: int) -> dict:
     """Distances (per evaluation set) of the student's ``K``-evaluation stochastic samplers (module docstring, 3.)."""
     import torch
 
-    from flowgen.parameterization import to_data_noise
-    from flowgen.samplers import sample
+    from flowgen.samplers import ddim_step, sample
 
     g = student.grid.to(torch.float64)
     k_steps = g.numel() - 1
     a = path.alpha(g).tolist()
     s = path.sigma(g).tolist()
+    times = g.tolist()
 
     def meng(x, gen):
         for k in range(k_steps):
-            t = torch.full((x.shape[0],), float(g[k]), dtype=x.dtype)
-            data, noise = to_data_noise(student.model(x, t), src=student.prediction, x_t=x, t=t, path=student.path)
-            if k == k_steps - 1:  # the last step: deterministic, to t_K
-                return a[k + 1] * data + s[k + 1] * noise
-            y = a[k + 2] * data + s[k + 2] * noise  # deterministic, two steps down
+            # deterministic: the last step to t_K, every other one two steps down
+            y = ddim_step(student.model, student.path, x, t=times[k], s=times[min(k + 2, k_steps)], prediction=student.prediction)
+            if k == k_steps - 1:
+                return y
             r = a[k + 1] / a[k + 2]  # forward process t_{k+2} -> t_{k+1}
             x = r * y + max(s[k + 1] ** 2 - (r * s[k + 2]) ** 2, 0.0) ** 0.5 * torch.randn(x.shape, generator=gen, dtype=x.dtype)
-        return x
 
     out: dict[str, list[float]] = {}
     with torch.no_grad():

@@ -382,6 +382,7 @@ class DistillModule(LightHookNames, pl.LightningModule):
             raise TypeError(f"teacher must be a checkpoint file name or a network, got {type(teacher).__name__}")
 
         # --- the student network ------------------------------------------------------------------
+        self._student_from_teacher = False  # whether the student starts from the teacher's weights
         if student is None:
             if self.teacher is None:
                 raise ValueError(f"{type(self).__name__} without a teacher needs a student network (--model.init_args.student)")
@@ -597,7 +598,7 @@ class DistillModule(LightHookNames, pl.LightningModule):
 
     def _check_student_prediction(self, prediction) -> None:
         """Warn when a student that starts from the teacher's weights is to predict another kind than the teacher."""
-        if prediction is None or not getattr(self, "_student_from_teacher", False) or self.teacher_pred is None:
+        if prediction is None or not self._student_from_teacher or self.teacher_pred is None:
             return
         pred, teacher = Prediction.parse(prediction, "student_prediction"), Prediction.parse(self.teacher_pred)
         if pred is not teacher:
@@ -1150,15 +1151,14 @@ class ConsistencyModule(DistillModule):
         if t_min is None:  # EDM's σ_min = 0.002 in the path's VE frame, or the path's own t_min if larger
             floor = float(path.t_from_log_snr(torch.tensor([-2.0 * math.log(0.002)], dtype=torch.float64))[0])
             t_min = max(float(path.t_min), floor) if math.isfinite(floor) else float(path.t_min)
-        from ..distill import default_spacing
-
         self.loss_args = dict(
             t_min=t_min, t_max=t_max, rho=rho,
-            spacing=spacing if spacing is not None else (default_spacing(path) if mode == "distillation" else "karras"),
             metric=metric or ("l2" if mode == "distillation" else "pseudo_huber"),
             weighting=weighting or ("uniform" if mode == "distillation" else "inverse_gap"),
             index_distribution=index_distribution or ("uniform" if mode == "distillation" else "lognormal"),
             p_mean=p_mean, p_std=p_std, sigma_data=sigma_data, event_shape=self.data_shape)
+        if spacing is not None:  # else each loss object's own default: default_spacing(path) for distillation, CM's for training
+            self.loss_args["spacing"] = spacing
         self.solver = solver
         self.max_sample_steps = _check_pos_int(max_sample_steps, "max_sample_steps")
         self.sample_times = None if sample_times is None else {int(k): [float(t) for t in v] for k, v in dict(sample_times).items()}
