@@ -36,7 +36,7 @@ from ..paths.base import Path
 from ..preconditioning import BoundaryConditioned
 from ..samplers import check_grid, sample
 from ._common import check_data, check_int
-from .consistency import _check_step_times, check_spacing, consistency_grid, consistency_sample, default_t_max
+from .consistency import _check_step_times, check_spacing, consistency_grid, consistency_sample, default_spacing, default_t_max
 
 __all__ = ["Generator", "ProgressiveGenerator", "ConsistencyGenerator", "ReflowGenerator", "generator_from_metadata", "GENERATORS"]
 
@@ -196,8 +196,10 @@ class ConsistencyGenerator(Generator):
             so ``τ_0 = t_max``) for ``k = 1 … max_steps``.
         max_steps: the largest default ``k`` (4).
         rho: ρ of the default times.
-        spacing: the default times' grid (:func:`~flowgen.distill.consistency_grid`): ``"karras"``
-            (default) or ``"uniform"``, ``"log_snr"``, ``"shifted"``.
+        spacing: the default times' grid (:func:`~flowgen.distill.consistency_grid`): ``None``
+            (default, :func:`~flowgen.distill.default_spacing`: ``"uniform"`` on a rectified-flow path,
+            as consistency distillation trains there, ``"karras"`` on any other), or ``"karras"``,
+            ``"uniform"``, ``"log_snr"``, ``"shifted"``.
         sigma_data: σ_d of the boundary-condition preconditioning (metadata, to rebuild ``f``).
         event_shape: optional per-sample shape check.
 
@@ -213,14 +215,14 @@ class ConsistencyGenerator(Generator):
 
     def __init__(self, f, path: Path, *, t_min: float | None = None, t_max: float | None = None, step_times: dict | None = None,
                  max_steps: int = 4, rho: float = 7.0, sigma_data: float = 0.5, event_shape=None,
-                 spacing="karras"):
+                 spacing=None):
         super().__init__(f, path, Prediction.DATA, event_shape=event_shape)
         self.t_min = float(getattr(f, "t_min", path.t_min) if t_min is None else t_min)
         self.t_max = float(default_t_max(path) if t_max is None else t_max)
         if not (0.0 <= self.t_min < self.t_max <= 1.0):
             raise ValueError(f"t_min and t_max must satisfy 0 <= t_min < t_max <= 1, got t_min={self.t_min}, t_max={self.t_max}")
         self.rho, self.sigma_data = float(rho), float(sigma_data)
-        self.spacing = check_spacing(spacing)
+        self.spacing = check_spacing(default_spacing(path) if spacing is None else spacing)
         if step_times is None:
             max_steps = check_int(max_steps, "max_steps")
             step_times = {k: consistency_grid(k + 1, path, t_min=self.t_min, t_max=self.t_max, rho=self.rho,

@@ -94,6 +94,18 @@ def test_consistency_generator_default_times_follow_its_spacing_and_round_trip()
     assert generator_from_metadata(net, meta).spacing == "karras"
 
 
+def test_a_hand_built_consistency_generator_defaults_to_the_distillers_spacing_for_its_path():
+    f_rf = consistency_function(MLP(2, hidden=8, depth=1), RectifiedFlow())
+    rf = ConsistencyGenerator(f_rf, RectifiedFlow(), t_max=0.98)
+    assert rf.spacing == "uniform"  # as ConsistencyDistillation trains on a rectified-flow path
+    assert rf.step_times[2] == pytest.approx([0.98, 0.98 / 2 + rf.t_min / 2], abs=1e-12)
+    f_cos = consistency_function(MLP(2, hidden=8, depth=1), Cosine())
+    cos = ConsistencyGenerator(f_cos, Cosine(), t_max=0.98)
+    assert cos.spacing == "karras" and cos.step_times[2][1] < 0.49  # the rho-schedule crowds the small times
+    explicit = ConsistencyGenerator(f_rf, RectifiedFlow(), t_max=0.98, spacing="karras")
+    assert explicit.spacing == "karras" and explicit.step_times[2] != rf.step_times[2]
+
+
 def test_reflow_generator_is_euler_with_any_steps():
     path = RectifiedFlow()
     gauss = GaussianData.random(2, generator=torch.Generator().manual_seed(2))
