@@ -18,6 +18,11 @@
    al.'s stochastic sampler for distilled students (arXiv:2210.03142: a deterministic step of twice the
    length, then the forward process back up one step; the last step deterministic). Re-noising can
    wash out earlier steps' errors, or add its own.
+4. **End-to-end fine-tuning** (``--finetune-steps`` with ``--end-to-end``): the student is trained
+   through its whole ``K``-step sampler, the loss being the squared distance of its sample to the
+   teacher's exact endpoint from the same noise. The per-step loss only shows the student the
+   teacher's states; end to end, a later step can learn to undo an earlier step's error on the states
+   the student itself visits, and the loss is the distillation error itself.
 
 Run after ``distill_quality.py --data digits --quick-teacher`` (its ``--work`` folder)::
 
@@ -208,6 +213,56 @@ def finetune(student, states, *, steps: int, lr: float, batch: int, seed: int, h
     return {"held_out": held_out, "held_out_before": before, "held_out_after": held_out_losses(), "last_train_loss": train_loss}
 
 
+def finetune_end_to_end(student, states, *, steps: int, lr: float, batch: int, seed: int, held_out: int = 1024,
+                        log=print) -> dict:
+    """Train ``student.model`` through its whole ``K``-step DDIM sampler against the teacher's exact endpoints.
+
+    The loss is the squared distance between the student's ``K``-step sample from a trajectory's noise
+    and the teacher's exact endpoint (``states[K]``), back-propagated through all ``K`` evaluations, so
+    a later step can learn to undo an earlier one's error on the states the student itself visits
+    (the per-step loss only ever shows it the teacher's states). Held-out endpoint RMS before and after.
+    """
+    import torch
+
+    from flowgen.samplers import ddim_step
+
+    g, sp = student.grid.to(torch.float64).tolist(), student.prediction
+    k_steps = len(g) - 1
+    net = student.model
+    val, train = states[:, :held_out], states[:, held_out:]
+
+    def run(x):
+        for k in range(k_steps):
+            x = ddim_step(net, student.path, x, t=g[k], s=g[k + 1], prediction=sp)
+        return x
+
+    def held_out_rms():
+        net.eval()
+        with torch.no_grad():
+            return float((run(val[0]) - val[k_steps]).flatten(1).pow(2).sum(1).mean().sqrt())
+
+    before = held_out_rms()
+    for q in net.parameters():
+        q.requires_grad_(True)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    rng = torch.Generator().manual_seed(seed)
+    train_loss = float("nan")
+    for it in range(steps):
+        net.train()
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * it / steps))
+        idx = torch.randint(0, train.shape[1], (batch,), generator=rng)
+        loss = (run(train[0, idx]) - train[k_steps, idx]).flatten(1).pow(2).sum(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        train_loss = float(loss.detach())
+        if (it + 1) % 500 == 0:
+            log(f"  end-to-end step {it + 1}: train loss {train_loss:.3g}")
+    net.eval()
+    return {"held_out": held_out, "held_out_rms_before": before, "held_out_rms_after": held_out_rms(), "last_train_loss": train_loss}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", required=True, help="the distill_quality.py --work folder (holds digits_seed<S>/)")
@@ -221,6 +276,8 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--experts", action="store_true", help="fine-tune one copy of the student per step, each on its own step's segments")
+    p.add_argument("--end-to-end", action="store_true",
+                   help="fine-tune through the student's whole K-step sampler against the teacher's exact endpoints instead of per segment")
     p.add_argument("--stochastic", action="store_true", help="also score the student's stochastic samplers (DDIM eta, Meng et al.)")
     p.add_argument("--etas", default="0,0.1,0.2,0.3,0.5,1", help="DDIM eta values for --stochastic")
     p.add_argument("--cache", help="a .pt file for the teacher trajectories: loaded if it exists (it must match --trajectories), else written")
@@ -281,19 +338,24 @@ def main(argv=None) -> int:
             if args.cache:
                 torch.save(states, args.cache)
         t1 = time.perf_counter()
-        result["finetune"] = finetune(student, states, steps=args.finetune_steps, lr=args.lr, batch=args.batch,
-                                      seed=args.seed, experts=args.experts, log=log)
+        if args.end_to_end:
+            result["finetune"] = finetune_end_to_end(student, states, steps=args.finetune_steps, lr=args.lr, batch=args.batch,
+                                                     seed=args.seed, log=log)
+        else:
+            result["finetune"] = finetune(student, states, steps=args.finetune_steps, lr=args.lr, batch=args.batch,
+                                          seed=args.seed, experts=args.experts, log=log)
         result["finetune"]["seconds"] = time.perf_counter() - t1
         after = segment_swaps(teacher, path, pred, student, protocol)
         result["after_finetune"] = ratios(after)
     info = {"machine": machine_line(),
             "work": args.work, "seed": args.seed, "steps": args.steps, "repeats": args.repeats, "num": args.num,
             "finetune_steps": args.finetune_steps, "trajectories": args.trajectories, "lr": args.lr, "batch": args.batch,
-            "experts": args.experts, "stochastic": args.stochastic,
+            "experts": args.experts, "end_to_end": args.end_to_end, "stochastic": args.stochastic,
             "seconds": time.perf_counter() - t0, "floor": protocol.floor,
             "command": command_line(__file__, argv)}
     payload = {"info": info, "result": result}
-    emit(payload, markdown(payload), out=args.out, name=args.name or f"progressive_diagnostics_{args.data}_seed{args.seed}_N{args.steps}{'_experts' if args.experts else ''}")
+    emit(payload, markdown(payload), out=args.out, name=args.name or (f"progressive_diagnostics_{args.data}_seed{args.seed}_N{args.steps}"
+                                                              f"{'_experts' if args.experts else ''}{'_e2e' if args.end_to_end else ''}"))
     return 0
 
 
@@ -306,7 +368,8 @@ def markdown(payload: dict) -> str:
              "`only k`: the teacher's exact ODE everywhere but step k, which the student takes; `from k`: the teacher's exact "
              "state at t_k, then the student; RMS: one student step from the teacher's exact state against the exact segment.", ""]
     cols = ["student"] + [f"only {k}" for k in range(k_steps)] + [f"from {k}" for k in range(1, k_steps)]
-    tuned = "after exact-segment fine-tuning" + (", one copy per step" if info.get("experts") else "")
+    tuned = ("after end-to-end fine-tuning" if info.get("end_to_end") else
+             "after exact-segment fine-tuning" + (", one copy per step" if info.get("experts") else ""))
     rows = [("as distilled", res["swaps"])] + ([(tuned, res["after_finetune"])] if "after_finetune" in res else [])
     lines += ["| student | R_N | " + " | ".join(f"R ({c})" for c in cols[1:]) + " | " + " | ".join(f"RMS step {k}" for k in range(k_steps)) + " |",
               "|" + "---|" * (2 + len(cols) - 1 + k_steps)]
@@ -319,7 +382,16 @@ def markdown(payload: dict) -> str:
                   "`meng`: Meng et al.'s two-steps-down, one-step-up scheme):", "",
                   "| sampler | " + " | ".join(sto) + " |", "|---|" + "---|" * len(sto),
                   "| R_N | " + " | ".join(f"{v:.3f}" for v in sto.values()) + " |"]
-    if "finetune" in res:
+    if "finetune" in res and info.get("end_to_end"):
+        ft = res["finetune"]
+        made = (f"from {res['trajectories_from']}" if "trajectories_from" in res
+                else f"{res['trajectory_seconds'] / 60:.1f} min to make")
+        lines += ["", f"End-to-end fine-tuning (the loss: squared distance of the student's {k_steps}-step sample to the "
+                  f"teacher's exact endpoint on the same noise, through all {k_steps} evaluations): {info['finetune_steps']} steps, "
+                  f"lr {info['lr']} (cosine), batch {info['batch']}, on {info['trajectories'] - ft['held_out']} teacher "
+                  f"trajectories ({made}); held-out endpoint RMS {ft['held_out_rms_before']:.4f} → {ft['held_out_rms_after']:.4f}; "
+                  f"last training loss {ft['last_train_loss']:.3g}; {ft['seconds'] / 60:.1f} min."]
+    elif "finetune" in res:
         ft = res["finetune"]
         made = (f"from {res['trajectories_from']}" if "trajectories_from" in res
                 else f"{res['trajectory_seconds'] / 60:.1f} min to make")
