@@ -47,7 +47,8 @@ TOYS = ("moons", "checkerboard", "gmm")
 
 #: Targets of issue 5: (method, k) → R_k bound.
 TARGETS = {("consistency_distillation", 1): 1.3, ("consistency_distillation", 2): 1.1, ("progressive", 4): 1.1,
-           ("progressive", 2): 1.3, ("progressive", 1): 2.0, ("reflow", 1): 1.3}
+           ("progressive", 2): 1.3, ("progressive", 1): 2.0, ("reflow", 1): 1.3,
+           ("progressive_endpoint", 4): 1.1, ("progressive_endpoint", 2): 1.3, ("progressive_endpoint", 1): 2.0}
 
 #: data → (teacher recipe, {method: distillation recipe}).
 RECIPES = {
@@ -56,12 +57,14 @@ RECIPES = {
         "consistency_distillation": "recipes/distill/cd_moons.yaml",
         "reflow": "recipes/distill/reflow_moons.yaml",
         "consistency_training": "recipes/distill/ct_moons.yaml",
+        "progressive_endpoint": "recipes/distill/endpoint_moons.yaml",
     }),
     "digits": ("recipes/rf_digits.yaml", {
         "progressive": "recipes/distill/progressive_digits.yaml",
         "consistency_distillation": "recipes/distill/cd_digits.yaml",
         "reflow": "recipes/distill/reflow_digits.yaml",
         "consistency_training": "recipes/distill/ct_digits.yaml",
+        "progressive_endpoint": "recipes/distill/endpoint_digits.yaml",
     }),
 }
 
@@ -76,6 +79,7 @@ QUICK = {
         "reflow": ["--trainer.max_steps", "4000", "--model.init_args.steps_per_round", "1500",
                    "--model.init_args.distill_steps", "2500", "--model.init_args.num_pairs", "20000"],
         "consistency_training": ["--trainer.max_steps", "3000"],
+        "progressive_endpoint": ["--trainer.max_steps", "1000", "--model.init_args.num_pairs", "5000"],
     },
     "digits": {
         "teacher": ["--trainer.max_steps", "1500", "--model.model.init_args.base_channels", "16"],
@@ -85,6 +89,7 @@ QUICK = {
         "reflow": ["--trainer.max_steps", "1000", "--model.init_args.distill_steps", "1000",
                    "--model.init_args.num_pairs", "2000"],
         "consistency_training": ["--trainer.max_steps", "1000"],
+        "progressive_endpoint": ["--trainer.max_steps", "300", "--model.init_args.num_pairs", "2048"],
     },
 }
 
@@ -143,6 +148,32 @@ def data_args(kind: str, name: str) -> list[str]:
     return ["--data.init_args.name", name] if kind == "toy" else []
 
 
+def student_plan(method: str, students: dict) -> list[tuple[str, list[int]]]:
+    """Which exported student to evaluate at which numbers of steps: ``[(file, steps)]``."""
+    if method == "progressive":
+        return [(students[f"progressive_N{k}"], [k]) for k in (4, 2, 1) if f"progressive_N{k}" in students]
+    if method == "reflow":
+        return [(students["reflow_distilled"], [1])]
+    return [(students.get(method, students["last"]), [1, 2])]
+
+
+def endpoint_runs(recipe: str, root: str, teacher_ckpt: str, seed: int, args: list[str], done: dict, log):
+    """Endpoint distillation of the progressive students N = 4, 2, 1 (one run each, sharing the teacher's pairs).
+
+    Returns ``(students, seconds, plan)``: the seconds are progressive distillation's plus every
+    endpoint run's (pair generation included), i.e. the whole procedure's training time.
+    """
+    from flowgen.distill_cli import fine_tune_snapshots
+
+    if "progressive" not in done:
+        raise SystemExit("--methods: progressive_endpoint fine-tunes the progressive students; list progressive before it")
+    prog, prog_seconds = done["progressive"]
+    steps = tuple(k for k in (4, 2, 1) if f"progressive_N{k}" in prog)
+    students, sec = fine_tune_snapshots(recipe, os.path.join(root, "progressive_endpoint"), teacher=teacher_ckpt, seed=seed,
+                                        args=args, snapshots=prog, steps=steps, log=log)
+    return students, prog_seconds + sec, [(students[f"endpoint_N{k}"], [k]) for k in steps]
+
+
 def run_one(kind: str, name: str, seed: int, *, work: str, quick: bool, methods: list[str], repeats: int, num: int,
             log, quick_teacher: bool = False, teacher_channels: int | None = None) -> dict:
     """Teacher + every method for one data set and seed; returns the rows and timings."""
@@ -173,17 +204,17 @@ def run_one(kind: str, name: str, seed: int, *, work: str, quick: bool, methods:
     rows = [ref_row] + evaluate_entries(teacher_entries(teacher, path, prediction, euler=(1, 2, 4, 8), heun=()), protocol,
                                         reference=ref, count_model=teacher)
     times = {"teacher": teacher_s}
+    done = {}
     for method in methods:
         sargs = data_args(kind, name) + (quick_args(kind, name, method) if quick else []) + COMMON
-        students, sec = distill_student(os.path.join(ROOT, recipes[method]), os.path.join(root, method), teacher=teacher_ckpt,
-                                        seed=seed, args=sargs)
-        times[method] = sec
-        if method == "progressive":
-            plan = [(students[f"progressive_N{k}"], [k]) for k in (4, 2, 1) if f"progressive_N{k}" in students]
-        elif method == "reflow":
-            plan = [(students["reflow_distilled"], [1])]
+        if method == "progressive_endpoint":
+            students, sec, plan = endpoint_runs(os.path.join(ROOT, recipes[method]), root, teacher_ckpt, seed, sargs, done, log)
         else:
-            plan = [(students.get(method, students["last"]), [1, 2])]
+            students, sec = distill_student(os.path.join(ROOT, recipes[method]), os.path.join(root, method), teacher=teacher_ckpt,
+                                            seed=seed, args=sargs)
+            plan = student_plan(method, students)
+        done[method] = (students, sec)
+        times[method] = sec
         for file, steps in plan:
             gen = load_student(file)
             r = evaluate_entries(student_entries(method, gen, steps, seed=seed), protocol, reference=ref)
@@ -352,7 +383,9 @@ def main(argv=None) -> int:
                         "--out/--name and exit")
     p.add_argument("--data", default=",".join(TOYS), help="comma-separated: moons, checkerboard, gmm, 8gaussians, digits")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--methods", default="progressive,consistency_distillation,reflow,consistency_training")
+    p.add_argument("--methods", default="progressive,consistency_distillation,reflow,consistency_training",
+                   help="comma-separated; progressive_endpoint (endpoint distillation of the progressive students) needs "
+                        "progressive listed before it")
     p.add_argument("--repeats", type=int, default=3, help="evaluation sets per model (noise and held-out draws)")
     p.add_argument("--num", type=int, default=2000, help="samples per evaluation set")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on small shared machines)")

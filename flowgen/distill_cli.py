@@ -607,9 +607,15 @@ def _read_report_config(file: str) -> dict:
     for i, s in enumerate(students):
         if not isinstance(s, dict) or "name" not in s or "recipe" not in s:
             raise ValueError(f"report config {file!r}: students[{i}] needs 'name' and 'recipe'")
-        bad = set(s) - {"name", "recipe", "args"}
+        bad = set(s) - {"name", "recipe", "args", "of", "steps"}
         if bad:
             raise ValueError(f"report config {file!r}: students[{i}] has unknown keys {sorted(bad)}")
+        if "of" in s and s["of"] not in [t["name"] for t in students[:i]]:
+            raise ValueError(f"report config {file!r}: students[{i}].of must name an earlier student stage, got {s['of']!r}")
+        if "steps" in s and ("of" not in s or not isinstance(s["steps"], list) or not s["steps"]
+                             or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in s["steps"])):
+            raise ValueError(f"report config {file!r}: students[{i}].steps must be a non-empty list of positive ints "
+                             "and needs 'of' (the stage whose progressive snapshots are fine-tuned)")
     ev = cfg.get("evaluation") or {}
     bad = set(ev) - {"num_samples", "repeats", "teacher_euler_steps", "teacher_heun_steps", "student_steps"}
     if bad:
@@ -713,9 +719,41 @@ def distill_student(recipe: str, root: str, *, teacher: str, seed: int, args: li
     return students, sec
 
 
+def fine_tune_snapshots(recipe: str, root: str, *, teacher: str, seed: int, args: list[str], snapshots: dict,
+                        steps=(4, 2, 1), log=print) -> tuple[dict, float]:
+    """Endpoint-distil each progressive snapshot ``progressive_N{k}`` (``k`` in ``steps``) of a finished stage.
+
+    One run of ``recipe`` (an :class:`~flowgen.lightning.distill.EndpointDistillModule` recipe) per
+    ``k`` into ``<root>/N{k}``, all sharing the teacher's pairs in ``<root>/pairs`` (generated once);
+    finished runs are reused as :func:`distill_student`'s.
+
+    Returns:
+        ``({"endpoint_N{k}": file}, seconds)``, the seconds summed over the runs (pair generation included).
+
+    Raises:
+        ValueError: a requested ``k`` without its ``progressive_N{k}`` snapshot.
+    """
+    missing = [k for k in steps if f"progressive_N{k}" not in snapshots]
+    if missing:
+        have = sorted(k for k in snapshots if k.startswith("progressive_N"))
+        raise ValueError(f"no progressive snapshot for N in {missing} to fine-tune (the stage exported {have})")
+    out, total = {}, 0.0
+    for k in steps:
+        more = ["--model.init_args.student_checkpoint", snapshots[f"progressive_N{k}"],
+                "--model.init_args.pair_dir", os.path.join(root, "pairs")]
+        files, sec = distill_student(recipe, os.path.join(root, f"N{k}"), teacher=teacher, seed=seed, args=list(args) + more)
+        log(f"  endpoint distillation N={k}: {sec:.1f} s")
+        out[f"endpoint_N{k}"] = files[f"endpoint_N{k}"]
+        total += sec
+    return out, total
+
+
 def _snapshot_plan(name: str, students: dict, student_steps) -> list[tuple[str, str, list[int] | None]]:
     """Which snapshot to evaluate at which steps: ``[(label, file, steps)]``."""
     plan = []
+    ends = sorted(((int(k.split("_N")[1]), f) for k, f in students.items() if k.startswith("endpoint_N")), reverse=True)
+    if ends:
+        return [(f"{name} N={n}", f, [n]) for n, f in ends]
     prog = sorted(((int(k.split("_N")[1]), f) for k, f in students.items() if k.startswith("progressive_N")), reverse=True)
     if prog:
         for n, f in prog:
@@ -762,8 +800,13 @@ def run_report(config: str, *, out: str | None = None, steps_scale: float | None
         recipe = _resolve_file(s["recipe"], cdir)
         sargs = _scaled_steps(_as_args(s.get("args"), f"students[{s['name']}].args"), steps_scale)
         log(f"[report] {s['name']}: {recipe}")
-        students[s["name"]], times[s["name"]] = distill_student(recipe, os.path.join(out, s["name"]), teacher=teacher_ckpt,
-                                                               seed=seed, args=sargs)
+        if "of" in s:  # endpoint distillation of an earlier stage's progressive snapshots; its time includes that stage's
+            files, sec = fine_tune_snapshots(recipe, os.path.join(out, s["name"]), teacher=teacher_ckpt, seed=seed, args=sargs,
+                                             snapshots=students[s["of"]], steps=tuple(s.get("steps", (4, 2, 1))), log=log)
+            students[s["name"]], times[s["name"]] = files, times[s["of"]] + sec
+        else:
+            students[s["name"]], times[s["name"]] = distill_student(recipe, os.path.join(out, s["name"]), teacher=teacher_ckpt,
+                                                                   seed=seed, args=sargs)
         log(f"[report] {s['name']} distilled in {times[s['name']]:.1f} s")
 
     teacher, path, prediction, meta = load_generator(teacher_ckpt)

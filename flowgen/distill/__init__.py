@@ -12,6 +12,9 @@ from an optional ``torch.Generator``:
 * reflow and 1-step distillation (Liu et al. 2022, arXiv:2209.03003) — :func:`generate_pairs`
   (resumable, atomic shards), :class:`PairDataset`, :func:`reflow_loss`, :class:`Reflow`,
   :func:`one_step_distillation_loss`, :func:`straightness`, :func:`path_energy`;
+* endpoint distillation (a few-step DDIM student trained through its whole sampler onto the
+  teacher's ODE endpoints; Luhman & Luhman 2021, arXiv:2101.02388) — :func:`endpoint_distillation_loss`,
+  :class:`EndpointDistillation`;
 * students as generators — :class:`Generator`, :class:`ProgressiveGenerator`,
   :class:`ConsistencyGenerator`, :class:`ReflowGenerator`, :func:`generator_from_metadata`.
 
@@ -45,6 +48,7 @@ from .consistency import (
     rng_devices,
     teacher_ode_step,
 )
+from .endpoint import EndpointDistillation, endpoint_distillation_loss
 from .generators import GENERATORS, ConsistencyGenerator, Generator, ProgressiveGenerator, ReflowGenerator, generator_from_metadata
 from .progressive import ProgressiveDistillation, TruncatedSNRWeight, progressive_distillation_loss, progressive_target
 from .reflow import (
@@ -75,6 +79,8 @@ __all__ = [
     # reflow
     "shard_seed", "generate_pairs", "PairDataset", "pair_loader", "reflow_loss", "Reflow", "one_step_distillation_loss",
     "OneStepDistillation", "TrajectoryStats", "trajectory_stats", "straightness", "path_energy",
+    # endpoint distillation
+    "endpoint_distillation_loss", "EndpointDistillation",
     # generators
     "Generator", "ProgressiveGenerator", "ConsistencyGenerator", "ReflowGenerator", "generator_from_metadata", "GENERATORS",
 ]

@@ -80,6 +80,7 @@ __all__ = [
     "ProgressiveDistillModule",
     "ConsistencyModule",
     "ReflowModule",
+    "EndpointDistillModule",
     "DistillStateError",
     "load_student",
     "student_metadata",
@@ -1346,7 +1347,48 @@ class ConsistencyModule(DistillModule):
 # =============================================================================================
 # reflow
 # =============================================================================================
-class ReflowModule(DistillModule):
+class _PairSource:
+    """Noise → ODE-endpoint pairs for a distillation module: the cache folder, generation and batch draws.
+
+    The module sets ``num_pairs``, ``pair_batch_size``, ``pair_method``, ``pair_steps``, ``pair_dir``
+    and ``pair_seed``; the pairs are written by :func:`flowgen.distill.generate_pairs` (atomic,
+    resumable shards) and held in ``self._pairs``.
+    """
+
+    def _pair_root(self) -> str:
+        if self.pair_dir:
+            return self.pair_dir
+        trainer = getattr(self, "_trainer", None)
+        root = getattr(trainer, "default_root_dir", None) if trainer is not None else None
+        return os.path.join(root or ".", "pairs")
+
+    def _make_pairs(self, src, *, prediction, folder: str, seed: int) -> tuple[Tensor, Tensor]:
+        """Generate (or complete, or load) ``num_pairs`` pairs of ``src``'s ODE in ``folder``; ``(noise, endpoint)`` on the device."""
+        from ..distill import generate_pairs
+
+        if self.data_shape is None:
+            raise ValueError("the data shape is unknown: give a teacher checkpoint with data_shape metadata or a data module")
+        device = self.device
+        was = src.training if isinstance(src, nn.Module) else None
+        if isinstance(src, nn.Module):
+            src.eval()
+        try:
+            ds = generate_pairs(src, self.teacher_flow_path, num=self.num_pairs, batch_size=self.pair_batch_size,
+                                shape=tuple(self.data_shape), out_dir=folder, prediction=prediction, method=self.pair_method,
+                                steps=default_steps(self.pair_method, self.pair_steps), seed=seed, device=device)
+        finally:
+            if was:
+                src.train()
+        return ds.noise.to(device), ds.endpoint.to(device)
+
+    def _pair_batch(self, data: Tensor) -> tuple[Tensor, Tensor]:
+        """``data.shape[0]`` pairs drawn with replacement by the module's draw generator, in ``data``'s dtype."""
+        noise, endpoint = self._pairs
+        idx = torch.randint(0, noise.shape[0], (data.shape[0],), generator=self._draw_generator()).to(noise.device)
+        return noise[idx].to(data.dtype), endpoint[idx].to(data.dtype)
+
+
+class ReflowModule(_PairSource, DistillModule):
     """Reflow: noise → endpoint pairs from the teacher's ODE, ``k`` rectified-flow rounds, then 1-step distillation.
 
     Phase ``r < k`` (reflow round ``r + 1``) trains the student with the reflow loss on pairs
@@ -1441,31 +1483,19 @@ class ReflowModule(DistillModule):
     def _source_model(self, phase: int):
         return self.teacher if phase == 0 else self.source
 
-    def _pair_root(self) -> str:
-        if self.pair_dir:
-            return self.pair_dir
-        trainer = getattr(self, "_trainer", None)
-        root = getattr(trainer, "default_root_dir", None) if trainer is not None else None
-        return os.path.join(root or ".", "pairs")
-
     def ensure_pairs(self, phase: int) -> None:
         """Generate (or complete, or just load) the pairs of ``phase`` from its source model."""
-        from ..distill import generate_pairs, trajectory_stats
+        from ..distill import trajectory_stats
 
         src = self._source_model(phase)
-        if self.data_shape is None:
-            raise ValueError("the data shape is unknown: give a teacher checkpoint with data_shape metadata or a data module")
         pred = self.teacher_pred if phase == 0 else self.student_prediction
         folder = os.path.join(self._pair_root(), f"phase{phase}_{_fingerprint(src) if isinstance(src, nn.Module) else 'fn'}")
+        self._pairs = self._make_pairs(src, prediction=pred, folder=folder, seed=self.pair_seed + phase)
+        self.pair_folders[phase] = folder
         device = self.device
         was = src.training if isinstance(src, nn.Module) else None
         if isinstance(src, nn.Module):
             src.eval()
-        ds = generate_pairs(src, self.teacher_flow_path, num=self.num_pairs, batch_size=self.pair_batch_size,
-                            shape=tuple(self.data_shape), out_dir=folder, prediction=pred, method=self.pair_method,
-                            steps=default_steps(self.pair_method, self.pair_steps), seed=self.pair_seed + phase, device=device)
-        self._pairs = (ds.noise.to(device), ds.endpoint.to(device))
-        self.pair_folders[phase] = folder
         g = torch.Generator().manual_seed(self.pair_seed + 10_000 + phase)
         noise = torch.randn((self.stats_samples, *self.data_shape), generator=g).to(device)
         with torch.no_grad():
@@ -1493,10 +1523,8 @@ class ReflowModule(DistillModule):
     def distill_loss(self, data, step):
         if self._pairs is None:
             self.ensure_pairs(self.phase)
-        noise, endpoint = self._pairs
+        nz, ep = self._pair_batch(data)
         g = self._draw_generator()
-        idx = torch.randint(0, noise.shape[0], (data.shape[0],), generator=g).to(noise.device)
-        nz, ep = noise[idx].to(data.dtype), endpoint[idx].to(data.dtype)
         if self.is_distill_phase(self.phase):
             return self.one_step.loss(self.student, nz, ep)
         return self.reflow.loss(self.student, nz, ep, generator=g)
@@ -1512,3 +1540,132 @@ class ReflowModule(DistillModule):
     def extra_metadata(self) -> dict:
         return {"reflow": {"rounds": self.reflow_rounds, "distill": self.distill, "stats": self.stats,
                            "num_pairs": self.num_pairs, "pair_method": self.pair_method}}
+
+
+# =============================================================================================
+# endpoint distillation (fine-tuning a few-step DDIM student end to end)
+# =============================================================================================
+class EndpointDistillModule(_PairSource, DistillModule):
+    """Fine-tune a few-step DDIM student through its whole sampler onto the teacher's ODE endpoints.
+
+    The student is a progressive-distillation snapshot (``student_checkpoint``, e.g.
+    ``students/progressive_N4.ckpt``; its sampling weights, path, prediction and grid); the
+    teacher (``--teacher``, the ORIGINAL teacher, not a round's) makes ``num_pairs`` noise → ODE
+    endpoint pairs with ``pair_method`` (adaptive dopri5 by default), cached on disk by
+    :func:`flowgen.distill.generate_pairs` under ``<pair_dir>/teacher_{fingerprint}`` (resumable;
+    runs fine-tuning several students of one teacher can share ``pair_dir``). The loss is
+    :class:`flowgen.distill.EndpointDistillation`: the distance of the student's ``K``-step DDIM
+    sample to the endpoint, back-propagated through all ``K`` evaluations. One phase of
+    ``total_steps`` (default ``trainer.max_steps``) optimizer steps.
+
+    Args:
+        teacher: the teacher whose ODE endpoints are the targets (see :class:`DistillModule`).
+        student_checkpoint: the DDIM student to fine-tune (a progressive student checkpoint).
+        metric: ``"l2"`` or ``"pseudo_huber"``.
+        num_pairs, pair_batch_size, pair_method, pair_steps, pair_dir, pair_seed: the pairs (as
+            :class:`ReflowModule`'s).
+        total_steps: the run's optimizer steps (default ``trainer.max_steps``).
+        **kwargs: the shared arguments of :class:`DistillModule` (the batch size is the data module's).
+
+    Snapshot: ``endpoint_N{K}.ckpt`` at the end (a DDIM student: ``flowgen sample --ckpt … --steps K``).
+
+    References:
+        Luhman & Luhman 2021, arXiv:2101.02388; Salimans & Ho 2022, arXiv:2202.00512 (the students).
+    """
+
+    method_name = "endpoint"
+
+    def __init__(self, teacher=None, student_checkpoint: str | None = None, *, metric: str = "l2", num_pairs: int = 24576,
+                 pair_batch_size: int = 4096, pair_method: str = "dopri5", pair_steps: int | None = None,
+                 pair_dir: str | None = None, pair_seed: int = 0, total_steps: int | None = None, **kwargs):
+        from ..distill import EndpointDistillation, ProgressiveGenerator
+
+        if teacher is None:
+            raise ValueError("endpoint distillation needs a teacher, whose ODE endpoints the student learns: pass "
+                             "--teacher <checkpoint> (flowgen distill) or teacher=<checkpoint file or network>")
+        if student_checkpoint is None:
+            raise ValueError("endpoint distillation fine-tunes a trained few-step student: pass student_checkpoint="
+                             "<a progressive student checkpoint, e.g. flowgen_runs/<run>/students/progressive_N4.ckpt>")
+        if not os.path.isfile(os.fspath(student_checkpoint)):
+            raise FileNotFoundError(f"student_checkpoint {os.fspath(student_checkpoint)!r}: no such checkpoint file")
+        if kwargs.pop("student", None) is not None:
+            raise ValueError("endpoint distillation takes its student from student_checkpoint; student cannot be set")
+        kwargs.pop("init_from_teacher", None)  # the student starts from its checkpoint, never from the teacher
+        spec = kwargs.pop("student_spec", None)
+        try:
+            gen = load_student(os.fspath(student_checkpoint), trusted=tuple(kwargs.get("trusted_modules") or ()))
+        except ValueError as err:
+            raise ValueError(f"student_checkpoint must be a DDIM student (a progressive-distillation snapshot): {err}") from None
+        if not isinstance(gen, ProgressiveGenerator):
+            raise ValueError(f"student_checkpoint {os.fspath(student_checkpoint)!r} holds a {type(gen).__name__}; endpoint "
+                             "distillation fine-tunes a DDIM student (a progressive-distillation snapshot)")
+        if not isinstance(gen.model, nn.Module):
+            raise ValueError(f"student_checkpoint {os.fspath(student_checkpoint)!r}: its network could not be rebuilt")
+        self.num_pairs = _check_pos_int(num_pairs, "num_pairs")
+        self.pair_batch_size = _check_pos_int(pair_batch_size, "pair_batch_size")
+        from ..samplers import Method
+
+        Method.parse(pair_method, "pair_method")
+        self.pair_method, self.pair_steps, self.pair_dir = pair_method, pair_steps, pair_dir
+        self.pair_seed = _check_pos_int(pair_seed, "pair_seed", low=0)
+        self.total_steps_arg = None if total_steps is None else _check_pos_int(total_steps, "total_steps")
+        super().__init__(teacher=teacher, student=gen.model, init_from_teacher=False,
+                         student_spec=spec or (gen.metadata or {}).get("model"), **kwargs)
+        if path_to_config(gen.path) != path_to_config(self.teacher_flow_path):
+            raise ValueError(f"student_checkpoint lives on path {path_to_config(gen.path)!r} but the teacher on "
+                             f"{path_to_config(self.teacher_flow_path)!r}: fine-tune a student of this teacher")
+        shape = tuple((gen.metadata or {}).get("data_shape") or ())
+        if shape and self.data_shape is not None and shape != tuple(self.data_shape):
+            raise ValueError(f"student_checkpoint was distilled on data of shape {shape}, the teacher on {tuple(self.data_shape)}")
+        self.student_file = os.fspath(student_checkpoint)
+        self.endpoint = EndpointDistillation(gen.path, gen.prediction, grid=gen.grid, metric=metric,
+                                             event_shape=self.data_shape)
+        self.student = self._take_student()
+        self._attach_eval_ema()
+        self._pairs: tuple[Tensor, Tensor] | None = None
+        self.pair_folder: str | None = None
+
+    def total_steps(self) -> int:
+        if self.total_steps_arg is not None:
+            return self.total_steps_arg
+        trainer = getattr(self, "_trainer", None)
+        max_steps = getattr(trainer, "max_steps", -1) if trainer is not None else -1
+        return int(max_steps) if max_steps and max_steps > 0 else 1000
+
+    def phase_lengths(self) -> list[int]:
+        return [self.total_steps()]
+
+    def phase_name(self, phase: int) -> str:
+        return f"endpoint distillation (K={self.endpoint.steps})"
+
+    def generator(self):
+        return self.endpoint.student_generator(self.sampling_student)
+
+    def snapshot_name(self, phase: int) -> str | None:
+        return f"endpoint_N{self.endpoint.steps}"
+
+    def ensure_pairs(self) -> None:
+        """Generate (or complete, or just load) the teacher's pairs."""
+        src = self.teacher
+        folder = os.path.join(self._pair_root(), f"teacher_{_fingerprint(src) if isinstance(src, nn.Module) else 'fn'}")
+        self._pairs = self._make_pairs(src, prediction=self.teacher_pred, folder=folder, seed=self.pair_seed)
+        self.pair_folder = folder
+
+    def on_resume(self) -> None:
+        self._pairs = None
+
+    def distill_loss(self, data, step):
+        if self._pairs is None:
+            self.ensure_pairs()
+        noise, endpoint = self._pair_batch(data)
+        return self.endpoint.loss(self.student, noise, endpoint)
+
+    def method_state(self) -> dict:
+        return {"pair_folder": self.pair_folder, "student_checkpoint": self.student_file}
+
+    def load_method_state(self, state: dict) -> None:
+        self.pair_folder = state.get("pair_folder")
+
+    def extra_metadata(self) -> dict:
+        return {"endpoint": {"student_checkpoint": self.student_file, "num_pairs": self.num_pairs,
+                             "pair_method": self.pair_method, "steps": self.endpoint.steps}}

@@ -18,7 +18,14 @@ from flowgen.distill_cli import (
     main,
     run_distill,
 )
-from flowgen.lightning.distill import ConsistencyModule, DistillModule, ProgressiveDistillModule, ReflowModule, load_student
+from flowgen.lightning.distill import (
+    ConsistencyModule,
+    DistillModule,
+    EndpointDistillModule,
+    ProgressiveDistillModule,
+    ReflowModule,
+    load_student,
+)
 from flowgen.viz import read_png
 
 from .conftest import RECIPES
@@ -45,25 +52,46 @@ def digits_teacher(tmp_path_factory):
     return str(file)
 
 
+def _tiny_progressive_student(teacher, root, data_args) -> str:
+    """A 2-step progressive student of ``teacher`` after one step per round (an input for the endpoint recipes)."""
+    recipe = os.path.join(RECIPES, "distill", "progressive_digits.yaml" if "--data.class_path" not in data_args else "progressive_moons.yaml")
+    run_distill(["--config", recipe, "--teacher", teacher, "--trainer.default_root_dir", str(root), *TINY,
+                 "--model.init_args.student_steps", "2", "--model.init_args.steps_per_round", "[1, 1]",
+                 "--trainer.max_steps", "2", "--data.init_args.batch_size", "8", *data_args])
+    return os.path.join(str(root), "students", "progressive_N2.ckpt")
+
+
+@pytest.fixture(scope="module")
+def tiny_students(rf_teacher, digits_teacher, tmp_path_factory):
+    """``{"moons": student file, "digits": student file}``: progressive students of the two test teachers."""
+    return {"moons": _tiny_progressive_student(rf_teacher, tmp_path_factory.mktemp("pd_moons"),
+                                               ["--data.class_path", "flowgen.lightning.ToyDataModule", "--data.init_args.name", "moons"]),
+            "digits": _tiny_progressive_student(digits_teacher, tmp_path_factory.mktemp("pd_digits"), [])}
+
+
 def test_there_is_a_recipe_per_method_on_toys_and_digits():
     names = {os.path.basename(r) for r in DISTILL_RECIPES}
-    for method in ("progressive", "cd", "ct", "reflow"):
+    for method in ("progressive", "cd", "ct", "reflow", "endpoint"):
         assert {f"{method}_moons.yaml", f"{method}_digits.yaml"} <= names
     assert {os.path.basename(r) for r in REPORTS} >= {"report_moons.yaml", "report_digits.yaml"}
 
 
 @pytest.mark.parametrize("recipe", DISTILL_RECIPES, ids=[os.path.basename(r) for r in DISTILL_RECIPES])
-def test_every_distillation_recipe_parses_and_builds_its_module(recipe, rf_teacher, digits_teacher, tmp_path):
+def test_every_distillation_recipe_parses_and_builds_its_module(recipe, rf_teacher, digits_teacher, tiny_students, tmp_path):
     teacher = digits_teacher if "digits" in recipe else rf_teacher
     args = ["--config", recipe, "--trainer.default_root_dir", str(tmp_path), *TINY]
     if "/ct_" not in recipe:
         args += ["--teacher", teacher]
+    if "/endpoint_" in recipe:
+        args += ["--model.init_args.student_checkpoint", tiny_students["digits" if "digits" in recipe else "moons"]]
     cli = run_distill(args, run=False)
     assert isinstance(cli.model, DistillModule)
-    cls = {"progressive": ProgressiveDistillModule, "cd": ConsistencyModule, "ct": ConsistencyModule, "reflow": ReflowModule}
+    cls = {"progressive": ProgressiveDistillModule, "cd": ConsistencyModule, "ct": ConsistencyModule, "reflow": ReflowModule,
+           "endpoint": EndpointDistillModule}
     assert isinstance(cli.model, cls[os.path.basename(recipe).split("_")[0]])
     assert cli.model.student_spec["class_path"] in ("flowgen.nn.MLP", "flowgen.nn.UNet")
-    if not isinstance(cli.model, ConsistencyModule):  # (a consistency run's single phase is the trainer's max_steps)
+    # (a consistency or endpoint run's single phase is the trainer's max_steps)
+    if not isinstance(cli.model, (ConsistencyModule, EndpointDistillModule)):
         assert sum(cli.model.phase_lengths()) == cli.trainer.max_steps  # the recipe's budget is the phases' sum
     assert cli.trainer.checkpoint_callback.dirpath == os.path.join(str(tmp_path), "checkpoints")
 
@@ -100,6 +128,19 @@ def test_flowgen_distill_trains_writes_a_student_and_resumes(rf_teacher, tmp_pat
     ck = safe_load(last)
     assert ck["global_step"] == 7 and ck["flowgen"]["distill_state"]["method_state"]["distiller"]["student_steps"] == 1
     assert load_student(tmp_path / "students" / "progressive_N1.ckpt").supported_steps == (1,)
+
+
+def test_flowgen_distill_fine_tunes_a_progressive_student_end_to_end(rf_teacher, tiny_students, tmp_path, capsys):
+    recipe = os.path.join(RECIPES, "distill", "endpoint_moons.yaml")
+    args = ["--config", recipe, "--teacher", rf_teacher, "--trainer.default_root_dir", str(tmp_path), *TINY,
+            "--trainer.max_steps", "3", "--model.init_args.num_pairs", "64", "--model.init_args.pair_batch_size", "32",
+            "--data.init_args.batch_size", "16"]
+    assert main(args) == 1  # without the student to fine-tune: a one-line error naming the argument
+    assert "student_checkpoint" in capsys.readouterr().err
+    assert main(args + ["--model.init_args.student_checkpoint", tiny_students["moons"]]) == 0
+    out = capsys.readouterr().out
+    assert "endpoint_N2.ckpt" in out and "flowgen sample" in out
+    assert load_student(tmp_path / "students" / "endpoint_N2.ckpt").supported_steps == (2,)
 
 
 def test_flowgen_distill_errors_are_one_line(rf_teacher, tmp_path, capsys):
