@@ -1046,7 +1046,24 @@ def tune_candidates(num_scales: int, path: Path, *, t_min: float, t_max: float, 
     return grid
 
 
-class ConsistencyModule(DistillModule):
+class _SinglePhase:
+    """One phase of ``total_steps`` optimizer steps: the ``total_steps`` argument (``total_steps_arg``)
+    if given, else ``trainer.max_steps`` (1000 before a trainer is attached)."""
+
+    total_steps_arg: int | None = None
+
+    def total_steps(self) -> int:
+        if self.total_steps_arg is not None:
+            return self.total_steps_arg
+        trainer = getattr(self, "_trainer", None)
+        max_steps = getattr(trainer, "max_steps", -1) if trainer is not None else -1
+        return int(max_steps) if max_steps and max_steps > 0 else 1000
+
+    def phase_lengths(self) -> list[int]:
+        return [self.total_steps()]
+
+
+class ConsistencyModule(_SinglePhase, DistillModule):
     """Consistency distillation (with a teacher) or consistency training (without one).
 
     The student is the raw network wrapped as a boundary-conditioned consistency function
@@ -1207,16 +1224,6 @@ class ConsistencyModule(DistillModule):
             total = self.total_steps()
             if total != getattr(self.distiller.curriculum, "total_steps", None):
                 self.distiller = self._make_distiller(total)
-
-    def total_steps(self) -> int:
-        if self.total_steps_arg is not None:
-            return self.total_steps_arg
-        trainer = getattr(self, "_trainer", None)
-        max_steps = getattr(trainer, "max_steps", -1) if trainer is not None else -1
-        return int(max_steps) if max_steps and max_steps > 0 else 1000
-
-    def phase_lengths(self) -> list[int]:
-        return [self.total_steps()]
 
     def phase_name(self, phase: int) -> str:
         return self.method_name.replace("_", " ")
@@ -1545,7 +1552,7 @@ class ReflowModule(_PairSource, DistillModule):
 # =============================================================================================
 # endpoint distillation (fine-tuning a few-step DDIM student end to end)
 # =============================================================================================
-class EndpointDistillModule(_PairSource, DistillModule):
+class EndpointDistillModule(_SinglePhase, _PairSource, DistillModule):
     """Fine-tune a few-step DDIM student through its whole sampler onto the teacher's ODE endpoints.
 
     The student is a progressive-distillation snapshot (``student_checkpoint``, e.g.
@@ -1624,16 +1631,6 @@ class EndpointDistillModule(_PairSource, DistillModule):
         self._attach_eval_ema()
         self._pairs: tuple[Tensor, Tensor] | None = None
         self.pair_folder: str | None = None
-
-    def total_steps(self) -> int:
-        if self.total_steps_arg is not None:
-            return self.total_steps_arg
-        trainer = getattr(self, "_trainer", None)
-        max_steps = getattr(trainer, "max_steps", -1) if trainer is not None else -1
-        return int(max_steps) if max_steps and max_steps > 0 else 1000
-
-    def phase_lengths(self) -> list[int]:
-        return [self.total_steps()]
 
     def phase_name(self, phase: int) -> str:
         return f"endpoint distillation (K={self.endpoint.steps})"

@@ -113,6 +113,31 @@ def test_report_configs_are_valid_and_name_existing_recipes(report):
         assert os.path.isfile(_resolve_file(r, d))
 
 
+
+def test_report_config_endpoint_stages_need_an_earlier_stage_and_positive_steps(tmp_path):
+    import yaml
+
+    def config(*students):
+        f = tmp_path / "r.yaml"
+        f.write_text(yaml.safe_dump({"teacher": {"recipe": "t.yaml"}, "students": list(students)}))
+        return str(f)
+
+    prog = {"name": "progressive", "recipe": "p.yaml"}
+    good = {"name": "ep", "recipe": "e.yaml", "of": "progressive", "steps": [4, 2, 1]}
+    assert _read_report_config(config(prog, good))["students"][1]["steps"] == [4, 2, 1]
+    with pytest.raises(ValueError, match=r"students\[0\]\.of must name an earlier student stage, got 'progressive'"):
+        _read_report_config(config(good, prog))
+    with pytest.raises(ValueError, match=r"students\[1\]\.of must name an earlier"):
+        _read_report_config(config(prog, {**good, "of": "reflow"}))
+    for steps in ([], [0], [2, "1"], [True], 4):
+        with pytest.raises(ValueError, match=r"students\[1\]\.steps must be a non-empty list of positive ints"):
+            _read_report_config(config(prog, {**good, "steps": steps}))
+    no_of = {k: v for k, v in good.items() if k != "of"}
+    with pytest.raises(ValueError, match=r"steps .* needs 'of'"):
+        _read_report_config(config(prog, no_of))
+    with pytest.raises(ValueError, match=r"students\[1\] has unknown keys \['step'\]"):
+        _read_report_config(config(prog, {"name": "ep", "recipe": "e.yaml", "step": [1]}))
+
 def test_flowgen_distill_trains_writes_a_student_and_resumes(rf_teacher, tmp_path, capsys):
     recipe = os.path.join(RECIPES, "distill", "progressive_moons.yaml")
     args = ["--config", recipe, "--teacher", rf_teacher, "--trainer.default_root_dir", str(tmp_path), *TINY,
@@ -240,6 +265,10 @@ def test_tiny_end_to_end_report(tmp_path):
         "students": [
             {"name": "progressive", "recipe": "recipes/distill/progressive_moons.yaml",
              "args": args(**{"--trainer.max_steps": 6, "--model.init_args.student_steps": 4, "--model.init_args.steps_per_round": 2})},
+            {"name": "progressive_endpoint", "recipe": "recipes/distill/endpoint_moons.yaml", "of": "progressive", "steps": [2, 1],
+             "args": args(**{"--trainer.max_steps": 3, "--model.init_args.num_pairs": 64, "--model.init_args.pair_batch_size": 32,
+                             "--model.init_args.pair_method": "euler", "--model.init_args.pair_steps": 4,
+                             "--model.init_args.val_num_samples": 32})},
             {"name": "consistency_distillation", "recipe": "recipes/distill/cd_moons.yaml",
              "args": args(**{"--trainer.max_steps": 4, "--model.init_args.tune_num": 64, "--model.init_args.tune_candidates": 4})},
             {"name": "reflow", "recipe": "recipes/distill/reflow_moons.yaml",
@@ -260,7 +289,13 @@ def test_tiny_end_to_end_report(tmp_path):
     report = json.loads((out / "report.json").read_text())
     md = (out / "report.md").read_text()
     groups = {r["group"] for r in report["rows"]}
-    assert {"teacher_reference", "teacher_euler", "teacher_heun", "progressive", "consistency_distillation", "reflow"} <= groups
+    assert {"teacher_reference", "teacher_euler", "teacher_heun", "progressive", "progressive_endpoint",
+            "consistency_distillation", "reflow"} <= groups
+    # the endpoint stage: one fine-tuned student per requested N, evaluated at its own N, timed with its progressive stage
+    ends = sorted((r["model"], r["steps"]) for r in report["rows"] if r["group"] == "progressive_endpoint")
+    assert ends == [("progressive_endpoint N=1", 1), ("progressive_endpoint N=2", 2)]
+    assert report["student_seconds"]["progressive_endpoint"] > report["student_seconds"]["progressive"]
+    assert sorted(os.listdir(out / "progressive_endpoint")) == ["N1", "N2", "pairs"]
     ref = next(r for r in report["rows"] if r["group"] == "teacher_reference")
     assert ref["R"] == pytest.approx(1.0) and ref["rms_to_reference"] == pytest.approx(0.0, abs=1e-6)
     assert "R_k" in md and "quality_vs_nfe.png" in md
